@@ -1,0 +1,39 @@
+# Two targets lead: `make demo` (replay real MovieLens-100K) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+METHOD ?= gru4rec
+REPORT ?= runs/demo-ml-100k.json
+
+.PHONY: demo test setup dev lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+
+# torch first and pinned: an unpinned torch pulls the CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+demo: setup
+	$(BIN)/dcrec data get ml-100k
+	$(BIN)/dcrec replay --dataset ml-100k --method $(METHOD) --seed 0 --report $(REPORT)
+
+test: dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,197 @@
+"""The ``dcrec`` command line: wires configuration to the replay, eval and data verbs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from tqdm import tqdm
+
+from dcrec.config import ModelConfig, ReplayConfig, WorldSettings
+
+app = typer.Typer(help="Streaming online learning for device-cloud collaborative "
+                  "recommendation.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Obtain and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+DatasetOption = Annotated[str, typer.Option(help="ml-100k, world, or a CSV/Parquet/JSON path")]
+WorldUsers = Annotated[int | None, typer.Option(help="synthetic world: users")]
+WorldItems = Annotated[int | None, typer.Option(help="synthetic world: items")]
+WorldEvents = Annotated[int | None, typer.Option(help="synthetic world: events")]
+DEFAULT_EVAL_METHODS = "gru4rec,sasrec,din,river-mf"
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _config(cls, **values):
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as error:
+        _fail(str(error))
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@data_app.command("get")
+def data_get(name: Annotated[str, typer.Argument(help="dataset name: ml-100k")]) -> None:
+    """Fetch a dataset (checked by sha256, cached) and print where it is."""
+    from dcrec.replay.datasets import DatasetUnavailable, fetch_ml100k
+
+    if name != "ml-100k":
+        _fail(f"unknown dataset {name!r}; known: ml-100k")
+    try:
+        print(fetch_ml100k())
+    except DatasetUnavailable as error:
+        _fail(str(error))
+
+
+def _timestamp(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"cannot read {value!r} as a unix time or ISO date")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
+@app.command()
+def replay(
+    dataset: DatasetOption = "ml-100k",
+    method: Annotated[str, typer.Option(help="preset (dcrec methods lists them)")] = "gru4rec",
+    runtime: Annotated[str, typer.Option(help="local or kafka")] = "local",
+    seed: int = 0,
+    max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    start: Annotated[str | None, typer.Option(help="first event time (unix or ISO)")] = None,
+    end: Annotated[str | None, typer.Option(help="end of the window (exclusive)")] = None,
+    cloud_interval: Annotated[str, typer.Option(help="simulated time between cloud jobs")] = "1d",
+    upload_interval: Annotated[str, typer.Option(help="simulated time between uploads")] = "1h",
+    request_budget: Annotated[float, typer.Option(help="share of clicks that may request")] = 0.1,
+    warmup: Annotated[int, typer.Option(help="clicks per user before scoring starts")] = 5,
+    slate_size: Annotated[int, typer.Option(help="slate shown where a log has no exposures")] = 5,
+    epochs_per_job: Annotated[int, typer.Option(help="training epochs per cloud job")] = 2,
+    world_users: WorldUsers = None,
+    world_items: WorldItems = None,
+    world_events: WorldEvents = None,
+    report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Replay a log as a stream through a method and report quality, cost and speed."""
+    from dcrec.replay.driver import open_source, run_replay
+    from dcrec.replay.report import replay_markdown, write_json
+
+    config = _config(
+        ReplayConfig, dataset=dataset, method=method, runtime=runtime, seed=seed,
+        max_events=max_events, start=_timestamp(start), end=_timestamp(end),
+        cloud_interval=cloud_interval, upload_interval=upload_interval,
+        request_budget=request_budget, warmup=warmup, slate_size=slate_size,
+        model=_config(ModelConfig, epochs_per_job=epochs_per_job),
+        world=_config(WorldSettings, users=world_users, items=world_items, events=world_events),
+    )
+    try:
+        source = open_source(config)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    with tqdm(total=source.n_events, unit="ev", unit_scale=True, disable=quiet,
+              desc=f"{config.method} on {source.name}") as bar:
+        try:
+            result = run_replay(config, source, progress=bar.update)
+        except ValueError as error:
+            _fail(str(error))
+    if report is not None:
+        write_json(result, report)
+    print(replay_markdown(result))
+    if report is not None:
+        console.print(f"report written to {report}")
+
+
+@app.command("show")
+def show(report: Path) -> None:
+    """Print the Markdown summary of a replay report."""
+    from dcrec.replay.report import replay_markdown
+
+    print(replay_markdown(json.loads(report.read_text())))
+
+
+@app.command("eval")
+def eval_(
+    protocol: Annotated[str, typer.Option(help="loo (leave-last-out) or mc2sf (§5.1.1)")] = "loo",
+    dataset: DatasetOption = "ml-100k",
+    methods: Annotated[str, typer.Option(help="comma-separated presets")] = DEFAULT_EVAL_METHODS,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    max_epochs: Annotated[int, typer.Option(help="epoch limit per training run")] = 50,
+    patience: Annotated[int, typer.Option(help="early stopping on validation NDCG@10")] = 5,
+    world_users: WorldUsers = None,
+    world_items: WorldItems = None,
+    world_events: WorldEvents = None,
+    out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path("runs/eval"),
+) -> None:
+    """Train and test methods on an offline split; print a mean ± std table."""
+    from dcrec.replay.driver import load_log
+    from dcrec.replay.offline_runner import (
+        PROTOCOLS,
+        markdown_table,
+        plot_summary,
+        run_method,
+        summarise,
+    )
+    from dcrec.replay.report import write_json
+    from dcrec.streams.presets import PresetContext
+
+    if protocol not in PROTOCOLS:
+        _fail(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds takes integers separated by commas, not {seeds!r}")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    settings = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
+    log_ = load_log(dataset, settings, seed=0)
+    results = []
+    with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
+        for method in method_list:
+            for seed in seed_list:
+                ctx = PresetContext(n_users=log_.n_users, n_items=log_.n_items, seed=seed)
+
+                def on_epoch(epoch: int, loss: float, ndcg: float, m=method, s=seed) -> None:
+                    bar.set_postfix_str(f"{m} seed {s} epoch {epoch} loss {loss:.3f} "
+                                        f"valid NDCG@10 {ndcg:.4f}")
+
+                try:
+                    results.append(run_method(log_, protocol, method, seed, ctx,
+                                              max_epochs=max_epochs, patience=patience,
+                                              on_epoch=on_epoch))
+                except ValueError as error:
+                    _fail(str(error))
+                bar.update()
+    summary = summarise(results)
+    title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}"
+    table = markdown_table(summary, title)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{protocol}-{log_.name}"
+    write_json({"protocol": protocol, "dataset": log_.name, "seeds": seed_list,
+                "summary": summary, "runs": results}, out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(table)
+    plot_summary(summary, title, out / f"{stem}.png")
+    print(table)
+    console.print(f"written: {out / stem}.{{json,md,png}}")

@@ -1,0 +1,82 @@
+"""Every setting of a dcrec run, typed and validated in one place.
+
+Durations accept seconds or a number with a unit (``90s``, ``30m``, ``6h``, ``1d``, ``2w``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> int:
+    """Seconds in a duration such as ``3600``, ``"90s"``, ``"6h"`` or ``"1.5d"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or e.g. '6h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(value))
+        if not match:
+            raise ValueError(f"cannot read {value!r} as a duration (e.g. 90s, 30m, 6h, 1d)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return int(seconds)
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Model sizes and cloud-training settings. ``None`` takes each model's default:
+    RecBole's for gru4rec/sasrec (embedding 64, lr 1e-3), MC²-SF §5.1.4 for din
+    (embedding 32, Adam lr 5e-4, L2 1e-4)."""
+
+    embedding_dim: int | None = Field(None, ge=2, le=1024)
+    max_len: int = Field(50, ge=1, le=1000)
+    lr: float | None = Field(None, gt=0, le=1)
+    l2: float | None = Field(None, ge=0)
+    batch_size: int = Field(256, ge=1)
+    epochs_per_job: int = Field(2, ge=1, le=100)
+    train_negatives: int = Field(4, ge=1)
+
+
+class WorldSettings(_Strict):
+    """Size of the synthetic world when ``dataset == "world"`` (see docs/world.md)."""
+
+    users: int = Field(2000, ge=10)
+    items: int = Field(1000, ge=10)
+    events: int = Field(200_000, ge=100)
+    clusters: int = Field(20, ge=2)
+
+
+class ReplayConfig(_Strict):
+    """One replay: which log, which method, how the stream is cut and evaluated."""
+
+    dataset: str = "ml-100k"
+    method: str = "gru4rec"
+    runtime: Literal["local", "kafka"] = "local"
+    seed: int = Field(0, ge=0)
+    max_events: int | None = Field(None, ge=1)
+    start: int | None = None
+    end: int | None = None
+    cloud_interval: Duration = 86400
+    upload_interval: Duration = 3600
+    request_budget: float = Field(0.1, ge=0, le=1)
+    warmup: int = Field(5, ge=0, description="clicks of a user before their clicks are scored")
+    n_negatives: int = Field(100, ge=1)
+    micro_batch: int = Field(4096, ge=1)
+    slate_size: int = Field(5, ge=1, le=100,
+                            description="logging-policy slate for logs without exposures")
+    activity_groups: int = Field(20, ge=1)
+    model: ModelConfig = ModelConfig()
+    world: WorldSettings = WorldSettings()

@@ -1,0 +1,154 @@
+"""``dcrec replay``: a log (or the synthetic world) replayed through a runtime, with
+prequential evaluation — every click after a user's first ``warmup`` is ranked
+against sampled negatives by the device model *before* it learns the click."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from dcrec.models.metrics import RankingEvaluator
+from dcrec.replay.log import InteractionLog
+from dcrec.replay.logging_policy import add_exposures
+from dcrec.replay.negatives import NegativeSampler
+from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.local_runtime import LocalRuntime
+from dcrec.streams.presets import PresetContext, build_pipeline
+from dcrec.streams.schema import Rejected
+
+from dcrec.config import ReplayConfig, WorldSettings
+
+
+@dataclass
+class ReplaySource:
+    """What the runtime reads: the stream, its sizes, and how to pick negatives."""
+
+    name: str
+    n_users: int
+    n_items: int
+    n_events: int
+    batches: Callable[[int], Iterator[EventBatch]]
+    sampler: NegativeSampler
+    rejected: list[Rejected]
+    log: InteractionLog | None = None
+
+
+def _limit(batches: Iterator[EventBatch], max_events: int | None) -> Iterator[EventBatch]:
+    seen = 0
+    for batch in batches:
+        if max_events is not None and seen + len(batch) > max_events:
+            keep = max_events - seen
+            if keep > 0:
+                yield EventBatch(batch.index[:keep], batch.user[:keep], batch.item[:keep],
+                                 batch.ts[:keep], batch.event[:keep])
+            return
+        seen += len(batch)
+        yield batch
+
+
+def load_log(dataset: str, world: WorldSettings, seed: int) -> InteractionLog:
+    """A whole log in memory: a dataset, or a (small enough) synthetic world."""
+    if dataset == "world":
+        from dcrec.replay.world import World, WorldConfig
+
+        return World(WorldConfig(n_users=world.users, n_items=world.items,
+                                 n_events=world.events, n_clusters=world.clusters,
+                                 seed=seed)).to_log()
+    from dcrec.replay.datasets import load_dataset
+
+    return load_dataset(dataset)
+
+
+def open_source(config: ReplayConfig) -> ReplaySource:
+    """Load (or generate) the stream a replay reads."""
+    if config.dataset == "world":
+        from dcrec.replay.world import World, WorldConfig
+
+        world = World(WorldConfig(n_users=config.world.users, n_items=config.world.items,
+                                  n_events=config.world.events,
+                                  n_clusters=config.world.clusters, seed=config.seed))
+        n_events = min(config.world.events, config.max_events or config.world.events)
+        return ReplaySource(
+            name="world", n_users=world.n_users, n_items=world.n_items, n_events=n_events,
+            batches=lambda size: _limit(world.batches(size), config.max_events),
+            sampler=NegativeSampler(world.n_items, config.n_negatives, config.seed),
+            rejected=[],
+        )
+    log = load_log(config.dataset, config.world, config.seed)
+    log = log.time_window(config.start, config.end)
+    log = add_exposures(log, config.slate_size, seed=config.seed)
+    if config.max_events is not None:
+        log = log.head(config.max_events)
+    clicks = log.event == 1
+    sampler = NegativeSampler.for_log(log.user[clicks], log.item[clicks], log.n_items,
+                                      config.n_negatives, config.seed)
+    return ReplaySource(name=log.name, n_users=log.n_users, n_items=log.n_items,
+                        n_events=log.n_events, batches=log.batches, sampler=sampler,
+                        rejected=log.rejected, log=log)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
+               progress: Callable[[int], None] | None = None) -> dict:
+    """Replay and evaluate; returns the report (DESIGN.md's contract)."""
+    if config.runtime != "local":
+        raise NotImplementedError("the kafka runtime is not available in this build")
+    source = source or open_source(config)
+    m = config.model
+    ctx = PresetContext(n_users=source.n_users, n_items=source.n_items, seed=config.seed,
+                        max_len=m.max_len, embedding_dim=m.embedding_dim, lr=m.lr, l2=m.l2,
+                        batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
+                        train_negatives=m.train_negatives)
+    pipeline = build_pipeline(config.method, ctx)
+    evaluator = RankingEvaluator()
+    runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, evaluator.add,
+                           config.cloud_interval, config.warmup)
+    started = time.perf_counter()
+    stats = runtime.run(source.batches(config.micro_batch), progress)
+    wall = time.perf_counter() - started
+
+    latencies = np.repeat(stats.batch_latency_ms, stats.batch_sizes) if stats.events else [0.0]
+    reasons = Counter(r.reason for r in source.rejected)
+    return {
+        "dataset": source.name,
+        "method": config.method,
+        "runtime": config.runtime,
+        "seed": config.seed,
+        "events": {
+            "clicks": stats.clicks,
+            "exposures": stats.exposures,
+            "invalid": len(source.rejected),
+            "invalid_reasons": dict(sorted(reasons.items())),
+            "evaluated": stats.evaluated,
+        },
+        "metrics": evaluator.summary(),
+        "comm": {
+            "uploads": stats.uploads,
+            "requests": stats.requests,
+            "request_rate": stats.requests / stats.clicks if stats.clicks else 0.0,
+            "bytes_up": stats.bytes_up,
+            "bytes_down": stats.bytes_down,
+            "releases": stats.releases,
+            "cloud_jobs": stats.cloud_jobs,
+        },
+        "perf": {
+            "wall_seconds": wall,
+            "events_per_second": stats.events / wall if wall > 0 else 0.0,
+            "device_events_per_second": (stats.events / stats.device_seconds
+                                         if stats.device_seconds > 0 else 0.0),
+            "cloud_seconds": stats.cloud_seconds,
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+            "peak_rss_mb": peak_rss_mb(),
+            "state_bytes_per_device": runtime.state.bytes_per_device,
+        },
+        "groups": evaluator.activity_groups(runtime.clicks_seen, config.activity_groups),
+        "config": config.model_dump(),
+    }

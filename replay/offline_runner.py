@@ -1,0 +1,173 @@
+"""``dcrec eval``: train each method on an offline split, test it, over several seeds,
+and tabulate mean ± std."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from dcrec.models.metrics import METRIC_NAMES
+from dcrec.models.training import IncrementalTrainer, score_candidates
+from dcrec.replay.log import InteractionLog
+from dcrec.replay.negatives import NegativeSampler
+from dcrec.replay.offline import (
+    EarlyStopping,
+    Samples,
+    Split,
+    UserSequences,
+    evaluate,
+    loo_split,
+    mc2sf_split,
+)
+from dcrec.streams.presets import PresetContext, sequence_model_factory, training_config
+from dcrec.streams.schema import CLICK
+from river import optim, reco
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("loo", "mc2sf")
+SEQUENCE_METHODS = ("gru4rec", "sasrec", "din")
+DEVICE_METHODS = ("gru4rec", "river-mf")  # see every click before the target (mc2sf)
+METHODS = (*SEQUENCE_METHODS, "river-mf", "popularity")
+
+
+def make_split(protocol: str, seqs: UserSequences, method: str, max_len: int) -> Split:
+    if protocol == "loo":
+        return loo_split(seqs, max_len)
+    if protocol == "mc2sf":
+        return mc2sf_split(seqs, max_len, device_model=method in DEVICE_METHODS)
+    raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def _train_sequence_model(method: str, split: Split, ctx: PresetContext,
+                          sampler: NegativeSampler, max_epochs: int, patience: int,
+                          on_epoch: Callable[[int, float, float], None]) -> dict:
+    torch.manual_seed(ctx.seed)
+    model = sequence_model_factory(method, ctx)()
+    trainer = IncrementalTrainer(model, training_config(method, ctx), ctx.seed)
+
+    def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
+        return score_candidates(model, samples.history, samples.lengths, candidates)
+
+    stopper = EarlyStopping(patience)
+    for epoch in range(max_epochs):
+        loss = trainer.fit(split.train.history, split.train.lengths, split.train.target, epochs=1)
+        valid = evaluate(scorer, split.valid, sampler)
+        on_epoch(epoch, loss, valid["NDCG@10"])
+        if stopper.update(epoch, valid["NDCG@10"], model.state_dict()):
+            break
+    assert stopper.best_state is not None
+    model.load_state_dict(stopper.best_state)
+    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
+            "valid": evaluate(scorer, split.valid, sampler),
+            "test": evaluate(scorer, split.test, sampler)}
+
+
+def _time_ordered(samples: Samples, seqs: UserSequences) -> np.ndarray:
+    return np.argsort(seqs.ts[samples.key], kind="stable")
+
+
+def _train_river_mf(split: Split, seqs: UserSequences, n_items: int, seed: int,
+                    sampler: NegativeSampler) -> dict:
+    """One online pass of river's BiasedMF over the training clicks in time order."""
+    model = reco.BiasedMF(n_factors=16, bias_optimizer=optim.SGD(0.05),
+                          latent_optimizer=optim.SGD(0.05), seed=seed)
+    rng = np.random.default_rng(seed)
+    train = split.train
+    for k in _time_ordered(train, seqs):
+        user = int(train.users[k])
+        model.learn_one(user, int(train.target[k]) - 1, 1.0)
+        model.learn_one(user, int(rng.integers(n_items)), 0.0)
+
+    def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
+        return np.array([[model.predict_one(int(u), int(c) - 1) for c in row]
+                         for u, row in zip(samples.users, candidates, strict=True)],
+                        dtype=np.float32)
+
+    return {"valid": evaluate(scorer, split.valid, sampler),
+            "test": evaluate(scorer, split.test, sampler)}
+
+
+def _train_popularity(split: Split, n_items: int, sampler: NegativeSampler) -> dict:
+    counts = np.bincount(split.train.target, minlength=n_items + 1).astype(np.float32)
+
+    def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
+        return counts[candidates]
+
+    return {"valid": evaluate(scorer, split.valid, sampler),
+            "test": evaluate(scorer, split.test, sampler)}
+
+
+def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx: PresetContext,
+               max_epochs: int = 50, patience: int = 5, n_negatives: int = 100,
+               on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+    """Train and test one method with one seed; the result with timings."""
+    seqs = UserSequences.from_log(log_)
+    split = make_split(protocol, seqs, method, ctx.max_len)
+    clicks = log_.event == CLICK
+    sampler = NegativeSampler.for_log(log_.user[clicks], log_.item[clicks], log_.n_items,
+                                      n_negatives, seed)
+    started = time.perf_counter()
+    if method in SEQUENCE_METHODS:
+        result = _train_sequence_model(method, split, ctx, sampler, max_epochs, patience,
+                                       on_epoch or (lambda *_: None))
+    elif method == "river-mf":
+        result = _train_river_mf(split, seqs, log_.n_items, seed, sampler)
+    elif method == "popularity":
+        result = _train_popularity(split, log_.n_items, sampler)
+    else:
+        raise ValueError(f"unknown method {method!r} for eval; known: {', '.join(METHODS)}")
+    result.update(method=method, seed=seed, protocol=protocol,
+                  train_seconds=time.perf_counter() - started,
+                  samples={"train": len(split.train), "valid": len(split.valid),
+                           "test": len(split.test)})
+    return result
+
+
+def summarise(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and (sample) std of each test metric per method."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = [r["test"] for r in results if r["method"] == method]
+        table[method] = {
+            name: {"mean": float(np.mean([row[name] for row in rows])),
+                   "std": float(np.std([row[name] for row in rows], ddof=1))
+                   if len(rows) > 1 else 0.0}
+            for name in METRIC_NAMES
+        }
+    return table
+
+
+def markdown_table(summary: dict, title: str) -> str:
+    names = [n for n in METRIC_NAMES if n != "UAUC"]
+    lines = [f"### {title}", "", "| method | " + " | ".join(names) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for method, metrics in summary.items():
+        cells = [f"{metrics[n]['mean']:.4f} ± {metrics[n]['std']:.4f}" for n in names]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(summary: dict, title: str, path) -> None:
+    """Bar chart of HR@10 and NDCG@10 (mean ± std) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary)
+    x = np.arange(len(methods))
+    fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2, 3.6))
+    for k, name in enumerate(("HR@10", "NDCG@10")):
+        ax.bar(x + (k - 0.5) * 0.38, [summary[m][name]["mean"] for m in methods], 0.38,
+               yerr=[summary[m][name]["std"] for m in methods], capsize=3, label=name)
+    ax.set_xticks(x, methods)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

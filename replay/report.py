@@ -1,0 +1,49 @@
+"""Reports: the JSON contract written to disk and its Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from dcrec.models.metrics import METRIC_NAMES
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+def _fmt(value: float) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "—" if missing else f"{value:.4f}"
+
+
+def replay_markdown(report: dict) -> str:
+    """A short Markdown summary of one replay report."""
+    ev, comm, perf = report["events"], report["comm"], report["perf"]
+    lines = [
+        f"## {report['method']} on {report['dataset']} "
+        f"({report['runtime']}, seed {report['seed']})",
+        "",
+        "| " + " | ".join(METRIC_NAMES) + " |",
+        "|" + " --- |" * len(METRIC_NAMES),
+        "| " + " | ".join(_fmt(report["metrics"][m]) for m in METRIC_NAMES) + " |",
+        "",
+        f"- events: {ev['clicks']:,} clicks, {ev['exposures']:,} exposures, "
+        f"{ev['invalid']:,} invalid, {ev['evaluated']:,} clicks scored",
+        f"- communication: {comm['uploads']:,} uploads, {comm['requests']:,} requests, "
+        f"{comm['bytes_up']:,} B up, {comm['bytes_down']:,} B down, "
+        f"{comm['releases']:,} model releases",
+        f"- speed: {perf['wall_seconds']:.1f} s, {perf['events_per_second']:,.0f} events/s "
+        f"(device path {perf['device_events_per_second']:,.0f}/s), "
+        f"batch p50 {perf['p50_ms']:.1f} ms / p99 {perf['p99_ms']:.1f} ms, "
+        f"peak RSS {perf['peak_rss_mb']:,.0f} MB, "
+        f"{perf['state_bytes_per_device']:,} B state/device",
+    ]
+    if ev["invalid_reasons"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in ev["invalid_reasons"].items())
+        lines.append(f"- invalid input by reason: {reasons}")
+    return "\n".join(lines) + "\n"

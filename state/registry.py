@@ -1,0 +1,53 @@
+"""Model registry: versioned weights with checksums, promoted atomically.
+
+Weights are stored as safetensors bytes (never pickle), so what a device downloads
+is exactly what is counted and checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: int
+    checksum: str
+    nbytes: int
+
+
+class ChecksumMismatchError(RuntimeError):
+    """Stored weights do not match the checksum their version was promoted with."""
+
+
+class ModelRegistry:
+    """In-memory registry; the latest version of a model is promoted only after its
+    bytes are stored and checksummed, so readers see either the old or the new one."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[tuple[str, int], bytes] = {}
+        self._latest: dict[str, ModelVersion] = {}
+
+    def publish(self, model: str, tensors: dict[str, torch.Tensor]) -> ModelVersion:
+        blob = save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        previous = self._latest.get(model)
+        version = ModelVersion(model, (previous.version if previous else 0) + 1,
+                               hashlib.sha256(blob).hexdigest(), len(blob))
+        self._blobs[(model, version.version)] = blob
+        self._latest[model] = version  # promotion: one assignment
+        return version
+
+    def latest(self, model: str) -> ModelVersion | None:
+        return self._latest.get(model)
+
+    def load(self, version: ModelVersion) -> dict[str, torch.Tensor]:
+        blob = self._blobs[(version.model, version.version)]
+        if hashlib.sha256(blob).hexdigest() != version.checksum:
+            raise ChecksumMismatchError(f"{version.model} v{version.version}")
+        return load_safetensors(blob)

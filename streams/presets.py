@@ -1,0 +1,89 @@
+"""Methods as presets: a name → the pipeline (device processor + cloud job) it runs.
+
+The collaborative presets of DESIGN.md (mc2sf, dccl, cocorrrec, intellectreq, …) are
+added here as their components land; unknown names fail with the list of known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from dcrec.models.base import SequentialRecommender
+from dcrec.models.din import DIN
+from dcrec.models.gru4rec import GRU4Rec
+from dcrec.models.sasrec import SASRec
+from dcrec.models.training import TrainingConfig
+from dcrec.state.registry import ModelRegistry
+from dcrec.streams.local_runtime import Pipeline
+from dcrec.streams.river_mf import PopularityProcessor, RiverMFProcessor
+from dcrec.streams.sequence_pipeline import SequenceCloudJob, SequenceServingProcessor
+
+
+@dataclass(frozen=True)
+class PresetContext:
+    """What a preset needs to know about the run (sizes and settings, not the data)."""
+
+    n_users: int
+    n_items: int
+    seed: int
+    max_len: int = 50
+    embedding_dim: int | None = None
+    lr: float | None = None
+    l2: float | None = None
+    batch_size: int = 256
+    epochs_per_job: int = 2
+    train_negatives: int = 4
+
+
+# model defaults: RecBole's for gru4rec / sasrec, MC²-SF §5.1.4 for din
+_SEQUENCE_MODELS: dict[str, tuple[Callable[[PresetContext, int], SequentialRecommender],
+                                  int, float, float]] = {
+    "gru4rec": (lambda c, d: GRU4Rec(c.n_items, embedding_dim=d, hidden_dim=d), 64, 1e-3, 0.0),
+    "sasrec": (lambda c, d: SASRec(c.n_items, max_len=c.max_len, hidden_dim=d), 64, 1e-3, 0.0),
+    "din": (lambda c, d: DIN(c.n_items, embedding_dim=d), 32, 5e-4, 1e-4),
+}
+
+
+def sequence_model_factory(name: str, ctx: PresetContext) -> Callable[[], SequentialRecommender]:
+    """A function building a fresh ``name`` model with the context's sizes."""
+    build, default_dim, _, _ = _SEQUENCE_MODELS[name]
+    dim = ctx.embedding_dim or default_dim
+    return lambda: build(ctx, dim)
+
+
+def training_config(name: str, ctx: PresetContext) -> TrainingConfig:
+    _, _, lr, l2 = _SEQUENCE_MODELS[name]
+    return TrainingConfig(lr=ctx.lr or lr, l2=ctx.l2 if ctx.l2 is not None else l2,
+                          batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
+                          n_negatives=ctx.train_negatives)
+
+
+def _sequence_pipeline(name: str, ctx: PresetContext) -> Pipeline:
+    torch.manual_seed(ctx.seed)
+    factory = sequence_model_factory(name, ctx)
+    registry = ModelRegistry()
+    cloud = SequenceCloudJob(name, factory, ctx.n_users, ctx.max_len,
+                             training_config(name, ctx), ctx.seed, registry)
+    processor = SequenceServingProcessor(factory, ctx.max_len)
+    processor.on_release(cloud.initial_release(), registry)
+    return Pipeline(processor=processor, cloud=cloud, registry=registry)
+
+
+PRESETS: dict[str, Callable[[PresetContext], Pipeline]] = {
+    "gru4rec": lambda ctx: _sequence_pipeline("gru4rec", ctx),
+    "sasrec": lambda ctx: _sequence_pipeline("sasrec", ctx),
+    "din": lambda ctx: _sequence_pipeline("din", ctx),
+    "river-mf": lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed)),
+    "popularity": lambda ctx: Pipeline(processor=PopularityProcessor(ctx.n_items)),
+}
+
+
+def build_pipeline(method: str, ctx: PresetContext) -> Pipeline:
+    """The pipeline of preset ``method``."""
+    try:
+        return PRESETS[method](ctx)
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise ValueError(f"unknown method {method!r}; known: {known}") from None

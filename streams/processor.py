@@ -1,0 +1,73 @@
+"""The processor contract shared by the local and the Kafka runtime.
+
+A device processor is a plain function object: ``(state rows, device batch) →
+(new state rows, outputs)``. It does no I/O; the runtime gathers the state rows of the
+devices in the batch, calls it, and stores what it returns. Within a batch a device's
+events are in stream order and the processor must score each click *before* it learns
+from it (predict-before-update).
+
+A cloud job observes the event stream as the cloud would receive it and, when the
+runtime fires it at a simulated (or watermark) time, retrains and releases a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from dcrec.state.device_state import StateRows, StateSpec
+from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.schema import Event
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    """One micro-batch of device events, ready for vectorised processing.
+
+    ``devices`` are the distinct devices in the batch; ``row[k]`` is the index into
+    ``devices`` (and into the gathered state rows) of event ``k``. ``evaluate`` marks
+    the clicks to score against ``candidates`` (one row per evaluated click, column 0
+    the clicked item).
+    """
+
+    events: EventBatch
+    devices: np.ndarray
+    row: np.ndarray
+    evaluate: np.ndarray
+    candidates: np.ndarray
+
+    @classmethod
+    def build(cls, events: EventBatch, evaluate: np.ndarray,
+              candidates: np.ndarray) -> DeviceBatch:
+        devices, row = np.unique(events.user, return_inverse=True)
+        return cls(events, devices, row, evaluate, candidates)
+
+
+@dataclass
+class Outputs:
+    """What a processor call produced: scores for the evaluated clicks (in stream
+    order), events to emit, and the communication it caused."""
+
+    scores: np.ndarray
+    emitted: list[Event] = field(default_factory=list)
+    uploads: int = 0
+    requests: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class DeviceProcessor(Protocol):
+    """Advances device state over a batch of the devices' events."""
+
+    state_spec: StateSpec
+
+    def __call__(self, state: StateRows, batch: DeviceBatch) -> tuple[StateRows, Outputs]: ...
+
+
+class CloudJob(Protocol):
+    """A periodic cloud job: sees the stream, retrains when fired."""
+
+    def observe(self, events: EventBatch) -> None: ...
+
+    def run(self, now: int) -> Outputs | None: ...
