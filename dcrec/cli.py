@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from tqdm import tqdm
 
-from dcrec.config import ModelConfig, ReplayConfig, WorldSettings
+from dcrec.config import ModelConfig, ReplayConfig, WorldSettings, parse_columns
 
 app = typer.Typer(help="Streaming online learning for device-cloud collaborative "
                   "recommendation.", no_args_is_help=True, add_completion=False)
@@ -22,6 +22,9 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
 DatasetOption = Annotated[str, typer.Option(help="ml-100k, world, or a CSV/Parquet/JSON path")]
+ColumnsOption = Annotated[str | None, typer.Option(
+    help="column mapping of a CSV/Parquet/JSON log, e.g. user=uid,item=iid,timestamp=t")]
+KcoreOption = Annotated[int, typer.Option(help="keep users and items with ≥ this many clicks")]
 WorldUsers = Annotated[int | None, typer.Option(help="synthetic world: users")]
 WorldItems = Annotated[int | None, typer.Option(help="synthetic world: items")]
 WorldEvents = Annotated[int | None, typer.Option(help="synthetic world: events")]
@@ -78,6 +81,8 @@ def _timestamp(value: str | None) -> int | None:
 @app.command()
 def replay(
     dataset: DatasetOption = "ml-100k",
+    columns: ColumnsOption = None,
+    kcore: KcoreOption = 0,
     method: Annotated[str, typer.Option(help="preset (dcrec methods lists them)")] = "gru4rec",
     runtime: Annotated[str, typer.Option(help="local or kafka")] = "local",
     seed: int = 0,
@@ -101,7 +106,8 @@ def replay(
     from dcrec.replay.report import replay_markdown, write_json
 
     config = _config(
-        ReplayConfig, dataset=dataset, method=method, runtime=runtime, seed=seed,
+        ReplayConfig, dataset=dataset, columns=columns, kcore=kcore, method=method,
+        runtime=runtime, seed=seed,
         max_events=max_events, start=_timestamp(start), end=_timestamp(end),
         cloud_interval=cloud_interval, upload_interval=upload_interval,
         request_budget=request_budget, warmup=warmup, slate_size=slate_size,
@@ -125,6 +131,15 @@ def replay(
         console.print(f"report written to {report}")
 
 
+@app.command("methods")
+def methods() -> None:
+    """List the method presets."""
+    from dcrec.streams.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        print(f"{name:12s} {preset.summary}")
+
+
 @app.command("show")
 def show(report: Path) -> None:
     """Print the Markdown summary of a replay report."""
@@ -137,6 +152,8 @@ def show(report: Path) -> None:
 def eval_(
     protocol: Annotated[str, typer.Option(help="loo (leave-last-out) or mc2sf (§5.1.1)")] = "loo",
     dataset: DatasetOption = "ml-100k",
+    columns: ColumnsOption = None,
+    kcore: KcoreOption = 0,
     methods: Annotated[str, typer.Option(help="comma-separated presets")] = DEFAULT_EVAL_METHODS,
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
     max_epochs: Annotated[int, typer.Option(help="epoch limit per training run")] = 50,
@@ -166,7 +183,11 @@ def eval_(
         _fail(f"--seeds takes integers separated by commas, not {seeds!r}")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     settings = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
-    log_ = load_log(dataset, settings, seed=0)
+    try:
+        mapping = parse_columns(columns)
+        log_ = load_log(dataset, settings, seed=0, columns=mapping, kcore=kcore)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
     results = []
     with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
         for method in method_list:

@@ -31,6 +31,31 @@ def parse_duration(value: object) -> int:
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]
 
+COLUMN_ROLES = ("user", "item", "timestamp", "event", "category", "rating")
+
+
+def parse_columns(value: object) -> dict[str, str]:
+    """A column mapping ``role=column`` from ``"user=uid,item=iid"`` or a dict; roles are
+    ``user, item, timestamp, event, category, rating``."""
+    if isinstance(value, dict):
+        pairs = {str(k): str(v) for k, v in value.items()}
+    else:
+        pairs = {}
+        for part in str(value or "").split(","):
+            if not part.strip():
+                continue
+            role, sep, column = part.partition("=")
+            if not sep or not column.strip():
+                raise ValueError(f"column mapping {part!r} is not role=column")
+            pairs[role.strip()] = column.strip()
+    unknown = sorted(set(pairs) - set(COLUMN_ROLES))
+    if unknown:
+        raise ValueError(f"unknown column role(s) {unknown}; known: {', '.join(COLUMN_ROLES)}")
+    return pairs
+
+
+ColumnMapping = Annotated[dict[str, str], BeforeValidator(parse_columns)]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,6 +88,9 @@ class ReplayConfig(_Strict):
     """One replay: which log, which method, how the stream is cut and evaluated."""
 
     dataset: str = "ml-100k"
+    columns: ColumnMapping = Field(default_factory=dict,
+                                   description="role=column for CSV/Parquet/JSON logs")
+    kcore: int = Field(0, ge=0, description="keep users and items with this many clicks")
     method: str = "gru4rec"
     runtime: Literal["local", "kafka"] = "local"
     seed: int = Field(0, ge=0)

@@ -50,8 +50,10 @@ def _limit(batches: Iterator[EventBatch], max_events: int | None) -> Iterator[Ev
         yield batch
 
 
-def load_log(dataset: str, world: WorldSettings, seed: int) -> InteractionLog:
-    """A whole log in memory: a dataset, or a (small enough) synthetic world."""
+def load_log(dataset: str, world: WorldSettings, seed: int,
+             columns: dict[str, str] | None = None, kcore: int = 0) -> InteractionLog:
+    """A whole log in memory: a dataset (with its column mapping and k-core filter), or
+    a (small enough) synthetic world."""
     if dataset == "world":
         from dcrec.replay.world import World, WorldConfig
 
@@ -60,7 +62,7 @@ def load_log(dataset: str, world: WorldSettings, seed: int) -> InteractionLog:
                                  seed=seed)).to_log()
     from dcrec.replay.datasets import load_dataset
 
-    return load_dataset(dataset)
+    return load_dataset(dataset, kcore=kcore, **(columns or {}))
 
 
 def open_source(config: ReplayConfig) -> ReplaySource:
@@ -78,14 +80,15 @@ def open_source(config: ReplayConfig) -> ReplaySource:
             sampler=NegativeSampler(world.n_items, config.n_negatives, config.seed),
             rejected=[],
         )
-    log = load_log(config.dataset, config.world, config.seed)
+    log = load_log(config.dataset, config.world, config.seed, config.columns, config.kcore)
     log = log.time_window(config.start, config.end)
     log = add_exposures(log, config.slate_size, seed=config.seed)
     if config.max_events is not None:
         log = log.head(config.max_events)
     clicks = log.event == 1
     sampler = NegativeSampler.for_log(log.user[clicks], log.item[clicks], log.n_items,
-                                      config.n_negatives, config.seed)
+                                      config.n_negatives, config.seed,
+                                      positions=np.flatnonzero(clicks))
     return ReplaySource(name=log.name, n_users=log.n_users, n_items=log.n_items,
                         n_events=log.n_events, batches=log.batches, sampler=sampler,
                         rejected=log.rejected, log=log)

@@ -71,19 +71,33 @@ def _sequence_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     return Pipeline(processor=processor, cloud=cloud, registry=registry)
 
 
-PRESETS: dict[str, Callable[[PresetContext], Pipeline]] = {
-    "gru4rec": lambda ctx: _sequence_pipeline("gru4rec", ctx),
-    "sasrec": lambda ctx: _sequence_pipeline("sasrec", ctx),
-    "din": lambda ctx: _sequence_pipeline("din", ctx),
-    "river-mf": lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed)),
-    "popularity": lambda ctx: Pipeline(processor=PopularityProcessor(ctx.n_items)),
+@dataclass(frozen=True)
+class Preset:
+    """A method: one line on what it is, and how to build its pipeline."""
+
+    summary: str
+    build: Callable[[PresetContext], Pipeline]
+
+
+PRESETS: dict[str, Preset] = {
+    "gru4rec": Preset("GRU4Rec (Hidasi et al.) trained by cloud jobs, served on devices",
+                      lambda ctx: _sequence_pipeline("gru4rec", ctx)),
+    "sasrec": Preset("SASRec (Kang & McAuley) trained by cloud jobs, served on devices",
+                     lambda ctx: _sequence_pipeline("sasrec", ctx)),
+    "din": Preset("DIN (Zhou et al.), the MC²-SF / DCCL cloud model, served on devices",
+                  lambda ctx: _sequence_pipeline("din", ctx)),
+    "river-mf": Preset("river's online BiasedMF, learning from every click",
+                       lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed))),
+    "popularity": Preset("items ranked by their clicks so far",
+                         lambda ctx: Pipeline(processor=PopularityProcessor(ctx.n_items))),
 }
 
 
 def build_pipeline(method: str, ctx: PresetContext) -> Pipeline:
     """The pipeline of preset ``method``."""
     try:
-        return PRESETS[method](ctx)
+        preset = PRESETS[method]
     except KeyError:
         known = ", ".join(sorted(PRESETS))
         raise ValueError(f"unknown method {method!r}; known: {known}") from None
+    return preset.build(ctx)
