@@ -23,8 +23,8 @@ from dcrec.replay.offline import (
     mc2sf_split,
 )
 from dcrec.streams.presets import PresetContext, sequence_model_factory, training_config
+from dcrec.streams.river_mf import biased_mf
 from dcrec.streams.schema import CLICK
-from river import optim, reco
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def _time_ordered(samples: Samples, seqs: UserSequences) -> np.ndarray:
 def _train_river_mf(split: Split, seqs: UserSequences, n_items: int, seed: int,
                     sampler: NegativeSampler) -> dict:
     """One online pass of river's BiasedMF over the training clicks in time order."""
-    model = reco.BiasedMF(n_factors=16, bias_optimizer=optim.SGD(0.05),
-                          latent_optimizer=optim.SGD(0.05), seed=seed)
+    model = biased_mf(seed)
     rng = np.random.default_rng(seed)
     train = split.train
     for k in _time_ordered(train, seqs):

@@ -188,6 +188,8 @@ def _reason_of(error: msgspec.MsgspecError) -> Reason:
     text = str(error)
     if isinstance(error, msgspec.DecodeError) and not isinstance(error, msgspec.ValidationError):
         return Reason.MALFORMED
+    if text.startswith("Expected `object`") and " - at `" not in text:
+        return Reason.MALFORMED  # the input is not an event record at all
     if ("Invalid value" in text and "`$.t`" in text) or "missing required field `t`" in text:
         return Reason.UNKNOWN_EVENT
     if "unknown field" in text:

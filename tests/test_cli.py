@@ -1,0 +1,76 @@
+"""The command line: help on every verb, clear errors, and a replay of a CSV log with
+malformed lines that runs to the end and counts what it rejected."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dcrec.cli import app
+
+runner = CliRunner()
+VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"]]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "dcrec")
+def test_every_verb_has_help(verb):
+    result = runner.invoke(app, [*verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def _csv(path, n=2_000, malformed_every=100):
+    rng = np.random.default_rng(0)
+    lines = ["uid,iid,when"]
+    bad = 0
+    for k in range(n):
+        if k % malformed_every == 50:
+            bad += 1
+            lines.append(["7,8", "x,y,not-a-time", "3,4,-20", ",5,1000", "1,2,3,4,5"][bad % 5])
+        else:
+            lines.append(f"u{rng.integers(40)},i{rng.integers(300)},{1_000_000 + 60 * k}")
+    path.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+def test_replay_of_a_csv_with_malformed_lines_counts_them(tmp_path):
+    path = tmp_path / "log.csv"
+    bad = _csv(path)
+    report = tmp_path / "r.json"
+    result = runner.invoke(app, [
+        "replay", "--dataset", str(path), "--columns", "user=uid,item=iid,timestamp=when",
+        "--method", "popularity", "--quiet", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["events"]["invalid"] == bad == 20
+    assert sum(data["events"]["invalid_reasons"].values()) == bad
+    assert len(data["events"]["invalid_reasons"]) >= 3
+    assert data["events"]["clicks"] == 2_000 - bad
+    assert "invalid input by reason" in result.output
+    shown = runner.invoke(app, ["show", str(report)])
+    assert shown.exit_code == 0 and "popularity" in shown.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["replay", "--method", "no-such-method", "--dataset", "world"], "unknown method"),
+    (["replay", "--dataset", "/no/such/file.csv"], "unknown dataset"),
+    (["replay", "--dataset", "world", "--cloud-interval", "soon"], "duration"),
+    (["replay", "--dataset", "world", "--columns", "user"], "role=column"),
+    (["eval", "--protocol", "kfold", "--dataset", "world"], "unknown protocol"),
+    (["data", "get", "ml-25m"], "unknown dataset"),
+])
+def test_bad_arguments_give_a_clear_error(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_replay_on_the_world_prints_the_summary():
+    result = runner.invoke(app, ["replay", "--dataset", "world", "--world-users", "50",
+                                 "--world-items", "200", "--world-events", "5000",
+                                 "--method", "river-mf", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "## river-mf on world" in result.output and "HR@10" in result.output
