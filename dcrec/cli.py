@@ -162,11 +162,16 @@ def eval_(
     world_items: WorldItems = None,
     world_events: WorldEvents = None,
     out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path("runs/eval"),
+    fresh: Annotated[bool, typer.Option(help="ignore finished runs kept in --out")] = False,
 ) -> None:
-    """Train and test methods on an offline split; print a mean ± std table."""
+    """Train and test methods on an offline split; print a mean ± std table.
+
+    Each finished (method, seed) run is kept under ``--out``; running the same command
+    again resumes, re-using the runs whose settings match."""
     from dcrec.replay.driver import load_log
     from dcrec.replay.offline_runner import (
         PROTOCOLS,
+        kept_run,
         markdown_table,
         plot_summary,
         run_method,
@@ -188,6 +193,8 @@ def eval_(
         log_ = load_log(dataset, settings, seed=0, columns=mapping, kcore=kcore)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
+    stem = f"{protocol}-{log_.name}"
+    kept = out / stem
     results = []
     with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
         for method in method_list:
@@ -198,10 +205,15 @@ def eval_(
                     bar.set_postfix_str(f"{m} seed {s} epoch {epoch} loss {loss:.3f} "
                                         f"valid NDCG@10 {ndcg:.4f}")
 
+                settings_key = {"protocol": protocol, "dataset": log_.name,
+                                "events": log_.n_events, "method": method, "seed": seed,
+                                "max_epochs": max_epochs, "patience": patience}
                 try:
-                    results.append(run_method(log_, protocol, method, seed, ctx,
-                                              max_epochs=max_epochs, patience=patience,
-                                              on_epoch=on_epoch))
+                    results.append(kept_run(
+                        kept / f"{method}-seed{seed}.json", settings_key, fresh,
+                        lambda m=method, c=ctx, s=seed, f=on_epoch: run_method(
+                            log_, protocol, m, s, c, max_epochs=max_epochs,
+                            patience=patience, on_epoch=f)))
                 except ValueError as error:
                     _fail(str(error))
                 bar.update()
@@ -209,7 +221,6 @@ def eval_(
     title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}"
     table = markdown_table(summary, title)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{protocol}-{log_.name}"
     write_json({"protocol": protocol, "dataset": log_.name, "seeds": seed_list,
                 "summary": summary, "runs": results}, out / f"{stem}.json")
     (out / f"{stem}.md").write_text(table)

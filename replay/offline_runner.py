@@ -3,9 +3,11 @@ and tabulate mean ± std."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from dcrec.replay.offline import (
     loo_split,
     mc2sf_split,
 )
+from dcrec.replay.report import write_json
 from dcrec.streams.presets import PresetContext, sequence_model_factory, training_config
 from dcrec.streams.river_mf import biased_mf
 from dcrec.streams.schema import CLICK
@@ -123,6 +126,20 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
                   train_seconds=time.perf_counter() - started,
                   samples={"train": len(split.train), "valid": len(split.valid),
                            "test": len(split.test)})
+    return result
+
+
+def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> dict:
+    """The result kept at ``path`` if it was made with the same ``settings`` (and
+    ``fresh`` is false); otherwise compute it and keep it there."""
+    if not fresh and path.exists():
+        kept = json.loads(path.read_text())
+        if kept.get("settings") == settings:
+            log.info("re-using %s", path)
+            return kept["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json({"settings": settings, "result": result}, path)
     return result
 
 

@@ -74,3 +74,26 @@ def test_replay_on_the_world_prints_the_summary():
                                  "--method", "river-mf", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "## river-mf on world" in result.output and "HR@10" in result.output
+
+
+def test_eval_keeps_finished_runs_and_resumes_from_them(tmp_path):
+    args = ["eval", "--protocol", "loo", "--dataset", "world", "--world-users", "60",
+            "--world-items", "300", "--world-events", "8000", "--methods", "popularity",
+            "--seeds", "0,1", "--out", str(tmp_path)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    kept = tmp_path / "loo-world" / "popularity-seed1.json"
+    data = json.loads(kept.read_text())
+    assert (tmp_path / "loo-world.png").exists() and (tmp_path / "loo-world.md").exists()
+    # a kept run is re-used as it is: mark it and see the mark in the table
+    data["result"]["test"]["HR@10"] = 2.0 - json.loads(
+        (tmp_path / "loo-world" / "popularity-seed0.json").read_text())["result"]["test"]["HR@10"]
+    kept.write_text(json.dumps(data))
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0
+    summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
+    assert summary["popularity"]["HR@10"]["mean"] == pytest.approx(1.0)
+    fresh = runner.invoke(app, [*args, "--fresh"])
+    assert fresh.exit_code == 0
+    summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
+    assert summary["popularity"]["HR@10"]["mean"] < 1.0
