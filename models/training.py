@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from dcrec.models.base import SequentialRecommender
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -75,4 +77,71 @@ def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths:
             torch.from_numpy(np.ascontiguousarray(lengths[start:stop], dtype=np.int64)),
             torch.from_numpy(np.ascontiguousarray(candidates[start:stop], dtype=np.int64)),
         ).numpy()
+    return out
+
+
+Inputs = dict[str, np.ndarray]
+InputLoss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+InputScorer = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    dtype = np.float32 if np.issubdtype(array.dtype, np.floating) else np.int64
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+
+
+class InputTrainer:
+    """:class:`IncrementalTrainer` for models with several named inputs (MC²-SF's
+    click windows, exposure windows, negative memory, hints): ``loss(inputs,
+    candidates)`` with the target in candidate column 0 and sampled negatives after.
+    Keeps the model and its Adam state across :meth:`fit` calls (warm start)."""
+
+    def __init__(self, model: nn.Module, loss: InputLoss, n_items: int,
+                 config: TrainingConfig, seed: int) -> None:
+        self.model = model
+        self.loss = loss
+        self.n_items = n_items
+        self.config = config
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                          weight_decay=config.l2)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+
+    def fit(self, inputs: Inputs, target: np.ndarray, epochs: int | None = None) -> float:
+        """Train on ``inputs → target`` (shifted ids); the mean loss."""
+        n = len(target)
+        if n == 0:
+            return float("nan")
+        tensors = {name: _tensor(array) for name, array in inputs.items()}
+        target_t = _tensor(target)
+        self.model.train()
+        losses = []
+        for _ in range(epochs or self.config.epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, self.config.batch_size):
+                idx = order[start:start + self.config.batch_size]
+                negatives = torch.randint(1, self.n_items + 1,
+                                          (len(idx), self.config.n_negatives),
+                                          generator=self.generator)
+                candidates = torch.cat([target_t[idx, None], negatives], dim=1)
+                loss = self.loss({k: v[idx] for k, v in tensors.items()}, candidates)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(loss.item())
+                self.steps += 1
+        self.model.eval()
+        return float(np.mean(losses))
+
+
+@torch.inference_mode()
+def score_inputs(model: nn.Module, score: InputScorer, inputs: Inputs, candidates: np.ndarray,
+                 chunk: int = 256) -> np.ndarray:
+    """:func:`score_candidates` for models with named inputs: ``[N, C]`` float32."""
+    model.eval()
+    out = np.empty(candidates.shape, dtype=np.float32)
+    for start in range(0, len(candidates), chunk):
+        stop = start + chunk
+        batch = {name: _tensor(array[start:stop]) for name, array in inputs.items()}
+        out[start:stop] = score(batch, _tensor(candidates[start:stop])).numpy()
     return out

@@ -108,7 +108,8 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
     ctx = PresetContext(n_users=source.n_users, n_items=source.n_items, seed=config.seed,
                         max_len=m.max_len, embedding_dim=m.embedding_dim, lr=m.lr, l2=m.l2,
                         batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
-                        train_negatives=m.train_negatives)
+                        train_negatives=m.train_negatives,
+                        upload_interval=config.upload_interval)
     pipeline = build_pipeline(config.method, ctx)
     evaluator = RankingEvaluator()
     runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, evaluator.add,
@@ -139,6 +140,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "bytes_up": stats.bytes_up,
             "bytes_down": stats.bytes_down,
             "releases": stats.releases,
+            "hints": stats.hints,
             "cloud_jobs": stats.cloud_jobs,
         },
         "perf": {

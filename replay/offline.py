@@ -35,14 +35,26 @@ class UserSequences:
     users: np.ndarray    # user of each position
     ts: np.ndarray       # time of each click
     start: np.ndarray    # [n_users + 1]
+    log_index: np.ndarray | None = None  # position of each entry in the log
 
     @classmethod
-    def from_log(cls, log: InteractionLog) -> UserSequences:
-        clicks = np.flatnonzero(log.event == CLICK)
-        order = clicks[np.argsort(log.user[clicks], kind="stable")]  # stable keeps time order
+    def from_log(cls, log: InteractionLog, event: int = CLICK) -> UserSequences:
+        """Each user's events of kind ``event`` (clicks by default; ``EXPOSURE`` gives
+        the exposure sequences MC²-SF's negative memory reads)."""
+        rows = np.flatnonzero(log.event == event)
+        order = rows[np.argsort(log.user[rows], kind="stable")]  # stable keeps time order
         users = log.user[order].astype(np.int64)
         start = np.searchsorted(users, np.arange(log.n_users + 1))
-        return cls(log.item[order].astype(np.int64) + 1, users, log.ts[order], start)
+        return cls(log.item[order].astype(np.int64) + 1, users, log.ts[order], start, order)
+
+    def windows_before(self, users: np.ndarray, log_index: np.ndarray,
+                       max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows of each user's entries that come before log position ``log_index``."""
+        assert self.log_index is not None
+        span = np.int64(self.log_index.max(initial=0)) + 2
+        keys = self.users * span + self.log_index
+        end = np.searchsorted(keys, users.astype(np.int64) * span + log_index)
+        return self.windows(end, users, max_len)
 
     @property
     def lengths(self) -> np.ndarray:

@@ -14,6 +14,8 @@ import torch
 from dcrec.models.metrics import METRIC_NAMES
 from dcrec.models.training import IncrementalTrainer, score_candidates
 from dcrec.replay.log import InteractionLog
+from dcrec.replay.logging_policy import add_exposures
+from dcrec.replay.mc2sf_offline import MC2SF_METHODS, MC2SFSettings, rank_catalogue, run_mc2sf
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.replay.offline import (
     EarlyStopping,
@@ -33,8 +35,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("loo", "mc2sf")
 SEQUENCE_METHODS = ("gru4rec", "sasrec", "din")
-DEVICE_METHODS = ("gru4rec", "river-mf")  # see every click before the target (mc2sf)
-METHODS = (*SEQUENCE_METHODS, "river-mf", "popularity")
+DEVICE_METHODS = ("gru4rec", "river-mf", "mc2sf", "mc2sf-fast")  # every click before the target
+METHODS = (*SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS)
+SLATE_SIZE = 5  # logging-policy slate for logs without exposures (as ``dcrec replay``)
 
 
 def make_split(protocol: str, seqs: UserSequences, method: str, max_len: int) -> Split:
@@ -47,7 +50,8 @@ def make_split(protocol: str, seqs: UserSequences, method: str, max_len: int) ->
 
 def _train_sequence_model(method: str, split: Split, ctx: PresetContext,
                           sampler: NegativeSampler, max_epochs: int, patience: int,
-                          on_epoch: Callable[[int, float, float], None]) -> dict:
+                          on_epoch: Callable[[int, float, float], None],
+                          seqs: UserSequences | None = None) -> dict:
     torch.manual_seed(ctx.seed)
     model = sequence_model_factory(method, ctx)()
     trainer = IncrementalTrainer(model, training_config(method, ctx), ctx.seed)
@@ -64,9 +68,15 @@ def _train_sequence_model(method: str, split: Split, ctx: PresetContext,
             break
     assert stopper.best_state is not None
     model.load_state_dict(stopper.best_state)
-    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
-            "valid": evaluate(scorer, split.valid, sampler),
-            "test": evaluate(scorer, split.test, sampler)}
+    result = {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
+              "valid": evaluate(scorer, split.valid, sampler),
+              "test": evaluate(scorer, split.test, sampler)}
+    if seqs is not None:  # the MC²-SF case study (Fig. 3)
+        test = split.test
+        result["case_study"] = rank_catalogue(
+            lambda c: score_candidates(model, test.history[:1], test.lengths[:1], c),
+            seqs, test, ctx.n_items)
+    return result
 
 
 def _time_ordered(samples: Samples, seqs: UserSequences) -> np.ndarray:
@@ -113,9 +123,17 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
     sampler = NegativeSampler.for_log(log_.user[clicks], log_.item[clicks], log_.n_items,
                                       n_negatives, seed)
     started = time.perf_counter()
-    if method in SEQUENCE_METHODS:
+    if method in MC2SF_METHODS:
+        if protocol != "mc2sf":
+            raise ValueError(f"{method} is evaluated under --protocol mc2sf")
+        # the same logged exposures for every seed and method (seed 0 of the policy)
+        result = run_mc2sf(method, add_exposures(log_, SLATE_SIZE, seed=0),
+                           mc2sf_settings(ctx), seed, sampler, max_epochs, patience,
+                           on_epoch or (lambda *_: None))
+    elif method in SEQUENCE_METHODS:
         result = _train_sequence_model(method, split, ctx, sampler, max_epochs, patience,
-                                       on_epoch or (lambda *_: None))
+                                       on_epoch or (lambda *_: None),
+                                       seqs if protocol == "mc2sf" else None)
     elif method == "river-mf":
         result = _train_river_mf(split, seqs, log_.n_items, seed, sampler)
     elif method == "popularity":
@@ -127,6 +145,15 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
                   samples={"train": len(split.train), "valid": len(split.valid),
                            "test": len(split.test)})
     return result
+
+
+def mc2sf_settings(ctx: PresetContext) -> MC2SFSettings:
+    """MC²-SF §5.1.4 defaults, overridden by the context's flags."""
+    base = MC2SFSettings()
+    return MC2SFSettings(embedding_dim=ctx.embedding_dim or base.embedding_dim,
+                         max_len=ctx.max_len, lr=ctx.lr or base.lr,
+                         l2=ctx.l2 if ctx.l2 is not None else base.l2,
+                         batch_size=ctx.batch_size, train_negatives=ctx.train_negatives)
 
 
 def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> dict:

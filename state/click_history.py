@@ -66,3 +66,19 @@ def advance(seq: np.ndarray, length: np.ndarray, rows: np.ndarray,
                        0)
     return Advanced(windows.astype(np.int32), (end - start).astype(np.int32),
                     new_seq.astype(np.int32), np.minimum(total, window).astype(np.int32))
+
+
+def prior_counts(rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions of the same row are flagged
+    (e.g. the exposures a device saw in a batch before each of its clicks)."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    flagged = flags[order].astype(np.int64)
+    before = np.cumsum(flagged) - flagged  # flagged positions before, over all rows
+    starts = np.r_[0, np.flatnonzero(sorted_rows[1:] != sorted_rows[:-1]) + 1]
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    result = np.empty(len(rows), dtype=np.int64)
+    result[order] = before - before[run_start]
+    return result

@@ -19,7 +19,7 @@ from dcrec.state.device_state import DeviceStateTable
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import CloudJob, DeviceBatch, DeviceProcessor, Outputs
-from dcrec.streams.schema import CLICK, Release
+from dcrec.streams.schema import CLICK, Hint, Release, Upload
 
 # (positions, users, clicked items) -> candidates [N, 1 + negatives]
 CandidateSampler = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -50,6 +50,7 @@ class RunStats:
     bytes_down: int = 0
     cloud_jobs: int = 0
     releases: int = 0
+    hints: int = 0
     cloud_seconds: float = 0.0
     device_seconds: float = 0.0
     batch_latency_ms: list[float] = field(default_factory=list)
@@ -83,15 +84,27 @@ class LocalRuntime:
         self.next_job: int | None = None
 
     def _deliver(self, out: Outputs) -> None:
-        """Route a cloud job's emitted events (releases) to the devices."""
+        """Route a cloud job's emitted events to the devices."""
         self.stats.add(out)
-        processor = self.pipeline.processor
-        for event in out.emitted:
+        self._route(out.emitted)
+
+    def _route(self, events: list) -> None:
+        """Each emitted event to the hook of its consumer: releases and hints to the
+        device processor (``on_release``, ``on_hint``), uploads to the cloud job
+        (``on_upload``); a consumer without the hook ignores the event."""
+        processor, cloud = self.pipeline.processor, self.pipeline.cloud
+        for event in events:
             if isinstance(event, Release):
                 self.stats.releases += 1
                 version = self.pipeline.registry.latest(event.model)
                 if version is not None and hasattr(processor, "on_release"):
                     processor.on_release(version, self.pipeline.registry)
+            elif isinstance(event, Hint):
+                self.stats.hints += 1
+                if hasattr(processor, "on_hint"):
+                    processor.on_hint(event)
+            elif isinstance(event, Upload) and cloud is not None and hasattr(cloud, "on_upload"):
+                cloud.on_upload(event)
 
     def _fire_due_jobs(self, now: int) -> int:
         """Run every cloud job due at or before event time ``now``; the next due time."""
@@ -135,6 +148,7 @@ class LocalRuntime:
         self.stats.evaluated += int(evaluate.sum())
         if self.pipeline.cloud is not None:
             self.pipeline.cloud.observe(batch)
+        self._route(out.emitted)  # after the cloud saw the batch: uploads inform later jobs
 
     def run(self, batches: Iterable[EventBatch],
             progress: Callable[[int], None] | None = None) -> RunStats:

@@ -17,6 +17,7 @@ from dcrec.models.sasrec import SASRec
 from dcrec.models.training import TrainingConfig
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.local_runtime import Pipeline
+from dcrec.streams.mc2sf_pipeline import build_mc2sf
 from dcrec.streams.river_mf import PopularityProcessor, RiverMFProcessor
 from dcrec.streams.sequence_pipeline import SequenceCloudJob, SequenceServingProcessor
 
@@ -35,6 +36,7 @@ class PresetContext:
     batch_size: int = 256
     epochs_per_job: int = 2
     train_negatives: int = 4
+    upload_interval: int = 3600
 
 
 # model defaults: RecBole's for gru4rec / sasrec, MC²-SF §5.1.4 for din
@@ -71,6 +73,18 @@ def _sequence_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     return Pipeline(processor=processor, cloud=cloud, registry=registry)
 
 
+def mc2sf_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
+    """An MC²-SF preset; MC²-SF §5.1.4 defaults (embedding 32, Adam lr 5e-4, L2 1e-4)
+    unless the context overrides them."""
+    training = TrainingConfig(lr=ctx.lr or 5e-4, l2=ctx.l2 if ctx.l2 is not None else 1e-4,
+                              batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
+                              n_negatives=ctx.train_negatives)
+    processor, cloud, registry = build_mc2sf(variant, ctx.n_users, ctx.n_items, ctx.seed,
+                                             ctx.max_len, ctx.embedding_dim or 32, training,
+                                             ctx.upload_interval)
+    return Pipeline(processor=processor, cloud=cloud, registry=registry)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A method: one line on what it is, and how to build its pipeline."""
@@ -86,6 +100,12 @@ PRESETS: dict[str, Preset] = {
                      lambda ctx: _sequence_pipeline("sasrec", ctx)),
     "din": Preset("DIN (Zhou et al.), the MC²-SF / DCCL cloud model, served on devices",
                   lambda ctx: _sequence_pipeline("din", ctx)),
+    "mc2sf": Preset("MC²-SF: device negative memory and fast GRUs, F2S uploads, slow cloud "
+                    "DIN, S2F hints", lambda ctx: mc2sf_pipeline("mc2sf", ctx)),
+    "mc2sf-f2s": Preset("MC²-SF ablation: the slow DIN with uploaded negative memory (F2S), "
+                        "no hints", lambda ctx: mc2sf_pipeline("mc2sf-f2s", ctx)),
+    "mc2sf-fast": Preset("MC²-SF ablation: the independent fast component (GRU_p, GRU_n)",
+                         lambda ctx: mc2sf_pipeline("mc2sf-fast", ctx)),
     "river-mf": Preset("river's online BiasedMF, learning from every click",
                        lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed))),
     "popularity": Preset("items ranked by their clicks so far",
