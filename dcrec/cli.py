@@ -29,6 +29,9 @@ WorldUsers = Annotated[int | None, typer.Option(help="synthetic world: users")]
 WorldItems = Annotated[int | None, typer.Option(help="synthetic world: items")]
 WorldEvents = Annotated[int | None, typer.Option(help="synthetic world: events")]
 DEFAULT_EVAL_METHODS = "gru4rec,sasrec,din,river-mf"
+EmbeddingOption = Annotated[int | None, typer.Option(help="embedding size (model default)")]
+LrOption = Annotated[float | None, typer.Option(help="Adam learning rate (model default if unset)")]
+L2Option = Annotated[float | None, typer.Option(help="L2 weight (model default if unset)")]
 
 
 def _fail(message: str) -> None:
@@ -44,9 +47,18 @@ def _config(cls, **values):
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    threads: Annotated[int | None, typer.Option(
+        envvar="DCREC_THREADS", min=1,
+        help="torch threads; 1 when several runs share the cores")] = None,
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @data_app.command("get")
@@ -95,6 +107,9 @@ def replay(
     warmup: Annotated[int, typer.Option(help="clicks per user before scoring starts")] = 5,
     slate_size: Annotated[int, typer.Option(help="slate shown where a log has no exposures")] = 5,
     epochs_per_job: Annotated[int, typer.Option(help="training epochs per cloud job")] = 2,
+    embedding_dim: EmbeddingOption = None,
+    lr: LrOption = None,
+    l2: L2Option = None,
     world_users: WorldUsers = None,
     world_items: WorldItems = None,
     world_events: WorldEvents = None,
@@ -111,7 +126,8 @@ def replay(
         max_events=max_events, start=_timestamp(start), end=_timestamp(end),
         cloud_interval=cloud_interval, upload_interval=upload_interval,
         request_budget=request_budget, warmup=warmup, slate_size=slate_size,
-        model=_config(ModelConfig, epochs_per_job=epochs_per_job),
+        model=_config(ModelConfig, epochs_per_job=epochs_per_job, embedding_dim=embedding_dim,
+                      lr=lr, l2=l2),
         world=_config(WorldSettings, users=world_users, items=world_items, events=world_events),
     )
     try:
@@ -158,6 +174,9 @@ def eval_(
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
     max_epochs: Annotated[int, typer.Option(help="epoch limit per training run")] = 50,
     patience: Annotated[int, typer.Option(help="early stopping on validation NDCG@10")] = 5,
+    embedding_dim: EmbeddingOption = None,
+    lr: LrOption = None,
+    l2: L2Option = None,
     world_users: WorldUsers = None,
     world_items: WorldItems = None,
     world_events: WorldEvents = None,
@@ -199,7 +218,8 @@ def eval_(
     with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
         for method in method_list:
             for seed in seed_list:
-                ctx = PresetContext(n_users=log_.n_users, n_items=log_.n_items, seed=seed)
+                ctx = PresetContext(n_users=log_.n_users, n_items=log_.n_items, seed=seed,
+                                    embedding_dim=embedding_dim, lr=lr, l2=l2)
 
                 def on_epoch(epoch: int, loss: float, ndcg: float, m=method, s=seed) -> None:
                     bar.set_postfix_str(f"{m} seed {s} epoch {epoch} loss {loss:.3f} "
@@ -207,7 +227,9 @@ def eval_(
 
                 settings_key = {"protocol": protocol, "dataset": log_.name,
                                 "events": log_.n_events, "method": method, "seed": seed,
-                                "max_epochs": max_epochs, "patience": patience}
+                                "max_epochs": max_epochs, "patience": patience,
+                                **({"embedding_dim": embedding_dim, "lr": lr, "l2": l2}
+                                   if (embedding_dim, lr, l2) != (None, None, None) else {})}
                 try:
                     results.append(kept_run(
                         kept / f"{method}-seed{seed}.json", settings_key, fresh,
@@ -220,6 +242,12 @@ def eval_(
     summary = summarise(results)
     title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}"
     table = markdown_table(summary, title)
+    if protocol == "mc2sf":
+        from dcrec.replay.mc2sf_offline import case_study_markdown
+
+        titles = log_.item_titles or [str(i) for i in log_.item_ids]
+        table += "\n" + case_study_markdown([r for r in results if r["seed"] == seed_list[0]],
+                                            titles)
     out.mkdir(parents=True, exist_ok=True)
     write_json({"protocol": protocol, "dataset": log_.name, "seeds": seed_list,
                 "summary": summary, "runs": results}, out / f"{stem}.json")
