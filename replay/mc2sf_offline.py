@@ -47,6 +47,7 @@ from dcrec.streams.schema import EXPOSURE
 
 MC2SF_METHODS = ("mc2sf", "mc2sf-f2s", "mc2sf-fast")
 HINT_CYCLE = 10  # clicks between the slow phase's end and the last test item
+_SLOW_STAGES: dict[tuple, tuple[dict, dict]] = {}  # recent slow stages, by run settings
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class MC2SFSettings:
     """Model and training settings (MC²-SF §5.1.4 defaults)."""
 
     embedding_dim: int = 32
-    max_len: int = 50
-    exposure_len: int = 50
+    max_len: int = 50        # l^S, the cloud's click sequence
+    device_len: int = 20     # l^F < l^S (§3): the device's click and exposure windows
+    exposure_len: int = 20
     lr: float = 5e-4
     l2: float = 1e-4
     batch_size: int = 256
@@ -154,17 +156,25 @@ def run_mc2sf(method: str, log_, settings: MC2SFSettings, seed: int, sampler: Ne
     exposures = UserSequences.from_log(log_, EXPOSURE)
     phases = PhaseInputs(clicks, exposures, settings)
     cloud = mc2sf_split(clicks, settings.max_len, device_model=False)
-    device = mc2sf_split(clicks, settings.max_len, device_model=True)
+    device = mc2sf_split(clicks, settings.device_len, device_model=True)
     n_items = log_.n_items
     result: dict = {}
 
     slow = None
     if method in ("mc2sf", "mc2sf-f2s"):
         slow = SlowComponent(n_items, settings.embedding_dim, f2s=True)
-        trainer = InputTrainer(slow, as_loss(slow_score(slow)), n_items, settings.training(), seed)
-        stage = _fit(trainer, (phases.slow(cloud.train), cloud.train.target), cloud.valid,
-                     phases.slow(cloud.valid), slow_score(slow), sampler, max_epochs, patience,
-                     on_epoch)
+        key = (log_.name, log_.n_events, n_items, seed, settings, max_epochs, patience)
+        if key not in _SLOW_STAGES:  # mc2sf and mc2sf-f2s share the slow stage of a seed
+            trainer = InputTrainer(slow, as_loss(slow_score(slow)), n_items,
+                                   settings.training(), seed)
+            stage = _fit(trainer, (phases.slow(cloud.train), cloud.train.target), cloud.valid,
+                         phases.slow(cloud.valid), slow_score(slow), sampler, max_epochs,
+                         patience, on_epoch)
+            if len(_SLOW_STAGES) >= 8:
+                _SLOW_STAGES.pop(next(iter(_SLOW_STAGES)))
+            _SLOW_STAGES[key] = (copy.deepcopy(slow.state_dict()), stage)
+        state, stage = _SLOW_STAGES[key]
+        slow.load_state_dict(state)
         result["slow"] = stage
         if method == "mc2sf-f2s":
             test_inputs = phases.slow(cloud.test)

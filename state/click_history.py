@@ -82,3 +82,13 @@ def prior_counts(rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
     result = np.empty(len(rows), dtype=np.int64)
     result[order] = before - before[run_start]
     return result
+
+
+def tail(windows: np.ndarray, lengths: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``size`` clicks of left-aligned ``windows`` (still left-aligned)."""
+    kept = np.minimum(lengths, size)
+    index = (lengths - kept)[:, None] + np.arange(size)[None, :]
+    valid = np.arange(size)[None, :] < kept[:, None]
+    rows = np.arange(len(windows))[:, None]
+    return (np.where(valid, windows[rows, np.minimum(index, windows.shape[1] - 1)], 0)
+            .astype(windows.dtype), kept.astype(lengths.dtype))

@@ -30,7 +30,6 @@ from dcrec.models.mc2sf import (
     as_loss,
     compute_hints,
     fast_score,
-    gru_step,
     slow_score,
 )
 from dcrec.models.training import InputTrainer, TrainingConfig, score_inputs
@@ -114,10 +113,9 @@ class MC2SFDeviceProcessor:
     def on_hint(self, hint: Hint) -> None:
         self.inbox[hint.device] = hint_payload(hint)
 
-    def _gru_n_step(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        if self.serves_fast:
-            return self.model.advance_negative(state, items)
-        return gru_step(self.model.gru_n, self.model.item_embedding(items), state)
+    @property
+    def _gru_n(self) -> tuple[torch.nn.GRU, torch.nn.Embedding]:
+        return self.model.gru_n, self.model.item_embedding
 
     def _apply_hints(self, state: StateRows, devices: np.ndarray) -> None:
         """Hints delivered since a device's last batch: store them, restart r̃_n at z_n."""
@@ -132,21 +130,38 @@ class MC2SFDeviceProcessor:
 
     def _advance_negative(self, states: list[np.ndarray], rows: np.ndarray,
                           items: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Step each row's GRU_n states over its exposures in order; returns the new
-        states and, per state, the state after each exposure ``[n_exposures, d]``."""
-        current = [torch.from_numpy(s.astype(np.float32)) for s in states]
+        """Run GRU_n from each row's states over its exposures in order (Eq. 3's
+        r̂₂ = GRU_n(H_n^F), one step per exposure); returns the new states and, per
+        state, the state after each exposure ``[n_exposures, d]``.
+
+        Rows are grouped by exposure count in powers of two, so each group runs as one
+        padded sequence with at most 2× padding."""
+        gru, embedding = self._gru_n
+        final = [s.astype(np.float32) for s in states]
         after = [np.empty((len(rows), self.dim), np.float32) for _ in states]
+        if len(rows) == 0:
+            return final, after
         rank = click_history.occurrence(rows)
-        order = np.argsort(rank, kind="stable")
-        bounds = np.searchsorted(rank[order], np.arange(int(rank.max(initial=-1)) + 2))
-        for t in range(len(bounds) - 1):
-            sel = order[bounds[t]:bounds[t + 1]]
-            r = torch.from_numpy(rows[sel])
-            x = torch.from_numpy(items[sel].astype(np.int64) + 1)
-            for c, a in zip(current, after, strict=True):
-                c[r] = self._gru_n_step(c[r], x)
-                a[sel] = c[r].numpy()
-        return [c.numpy() for c in current], after
+        counts = np.bincount(rows, minlength=len(states[0]))
+        active = np.flatnonzero(counts)
+        group = np.floor(np.log2(counts[active])).astype(np.int64)
+        for g in np.unique(group):
+            members = active[group == g]
+            width = int(counts[members].max())
+            slot = np.full(len(states[0]), -1, np.int64)
+            slot[members] = np.arange(len(members))
+            mine = slot[rows] >= 0
+            padded = np.zeros((len(members), width), np.int64)
+            padded[slot[rows[mine]], rank[mine]] = items[mine].astype(np.int64) + 1
+            x = embedding(torch.from_numpy(padded))
+            lengths = counts[members]
+            for f, a in zip(final, after, strict=True):
+                h0 = torch.from_numpy(f[members])[None].contiguous()
+                outputs, _ = gru(x, h0)  # [G, width, d]: the state after each exposure
+                out = outputs.numpy()
+                a[mine] = out[slot[rows[mine]], rank[mine]]
+                f[members] = out[np.arange(len(members)), lengths - 1]
+        return final, after
 
     @torch.inference_mode()
     def __call__(self, state: StateRows, batch: DeviceBatch) -> tuple[StateRows, Outputs]:
@@ -232,7 +247,8 @@ class MC2SFCloudJob:
 
     def __init__(self, n_users: int, slow: SlowComponent | None, fast: FastComponent | None,
                  serve: str, training: TrainingConfig, seed: int, registry: ModelRegistry,
-                 max_len: int, exposure_len: int = 50, send_hints: bool = False) -> None:
+                 max_len: int, device_len: int = 20, exposure_len: int = 20,
+                 send_hints: bool = False) -> None:
         n_items = (slow or fast).n_items  # type: ignore[union-attr]
         self.slow_trainer = (InputTrainer(slow, as_loss(slow_score(slow)), n_items, training,
                                           seed) if slow is not None else None)
@@ -242,6 +258,7 @@ class MC2SFCloudJob:
         self.served = FAST_MODEL if serve == "fast" else SLOW_MODEL
         self.registry = registry
         self.send_hints = send_hints
+        self.device_len = device_len  # l^F < l^S (§3): the fast component's click window
         dim = (slow or fast).item_embedding.embedding_dim  # type: ignore[union-attr]
         self.seq = np.zeros((n_users, max_len), np.int32)
         self.length = np.zeros(n_users, np.int32)
@@ -316,8 +333,10 @@ class MC2SFCloudJob:
             self.slow_trainer.fit({"history": data["history"], "r_hat2": data["r_hat2"]},
                                   data["target"])
         if self.fast_trainer is not None:  # the fast component, trained where the logs are
-            inputs = {k: data[k] for k in ("history", "lengths", "exposures",
-                                           "exposure_lengths")}
+            history, lengths = click_history.tail(data["history"], data["lengths"],
+                                                  self.device_len)
+            inputs = {"history": history, "lengths": lengths, "exposures": data["exposures"],
+                      "exposure_lengths": data["exposure_lengths"]}
             if self.fast_trainer.model.s2f:
                 inputs["hint"] = data["hint"]
             self.fast_trainer.fit(inputs, data["target"])
@@ -346,10 +365,12 @@ class MC2SFCloudJob:
 MC2SF_VARIANTS = ("mc2sf", "mc2sf-f2s", "mc2sf-fast")
 
 
+MC2SFParts = tuple[MC2SFDeviceProcessor, "MC2SFCloudJob", ModelRegistry]
+
+
 def build_mc2sf(variant: str, n_users: int, n_items: int, seed: int, max_len: int,
-                embedding_dim: int, training: TrainingConfig,
-                upload_interval: int) -> tuple[MC2SFDeviceProcessor, MC2SFCloudJob,
-                                               ModelRegistry]:
+                embedding_dim: int, training: TrainingConfig, upload_interval: int,
+                device_len: int = 20) -> MC2SFParts:
     """The device processor, cloud job and registry of an MC²-SF preset:
 
     - ``mc2sf``: devices serve the fast component with S2F hints and upload r̂₂; the
@@ -370,13 +391,13 @@ def build_mc2sf(variant: str, n_users: int, n_items: int, seed: int, max_len: in
         fast.warm_start_from(slow)
     serve = "slow" if variant == "mc2sf-f2s" else "fast"
     cloud = MC2SFCloudJob(n_users, slow, fast, serve, training, seed, registry, max_len,
-                          send_hints=variant == "mc2sf")
+                          device_len=min(device_len, max_len), send_hints=variant == "mc2sf")
     served = fast if serve == "fast" else slow
     assert served is not None
     device_model = type(served)(n_items, embedding_dim, **(
         {"s2f": served.s2f} if isinstance(served, FastComponent) else {"f2s": True}))
     processor = MC2SFDeviceProcessor(
-        device_model, cloud.served, max_len,
+        device_model, cloud.served, max_len if serve == "slow" else min(device_len, max_len),
         upload_interval if variant != "mc2sf-fast" else None)
     processor.on_release(cloud.initial_release(), registry)
     return processor, cloud, registry
