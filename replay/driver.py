@@ -141,6 +141,8 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "bytes_down": stats.bytes_down,
             "releases": stats.releases,
             "hints": stats.hints,
+            "hint_bytes": stats.hint_bytes,      # of bytes_down: S2F hints (MC²-SF)
+            "upload_bytes": stats.upload_bytes,  # of bytes_up: device uploads (F2S, …)
             "cloud_jobs": stats.cloud_jobs,
         },
         "perf": {

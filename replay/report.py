@@ -36,7 +36,9 @@ def replay_markdown(report: dict) -> str:
         f"{ev['invalid']:,} invalid, {ev['evaluated']:,} clicks scored",
         f"- communication: {comm['uploads']:,} uploads, {comm['requests']:,} requests, "
         f"{comm['bytes_up']:,} B up, {comm['bytes_down']:,} B down, "
-        f"{comm['releases']:,} model releases",
+        f"{comm['releases']:,} model releases"
+        + (f", {comm['hints']:,} hints ({comm['hint_bytes']:,} B down), "
+           f"{comm['upload_bytes']:,} B of uploads up" if comm.get("hints") else ""),
         f"- speed: {perf['wall_seconds']:.1f} s, {perf['events_per_second']:,.0f} events/s "
         f"(device path {perf['device_events_per_second']:,.0f}/s), "
         f"batch p50 {perf['p50_ms']:.1f} ms / p99 {perf['p99_ms']:.1f} ms, "

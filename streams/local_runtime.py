@@ -19,7 +19,7 @@ from dcrec.state.device_state import DeviceStateTable
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import CloudJob, DeviceBatch, DeviceProcessor, Outputs
-from dcrec.streams.schema import CLICK, Hint, Release, Upload
+from dcrec.streams.schema import CLICK, Hint, Release, Upload, encode
 
 # (positions, users, clicked items) -> candidates [N, 1 + negatives]
 CandidateSampler = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -51,6 +51,8 @@ class RunStats:
     cloud_jobs: int = 0
     releases: int = 0
     hints: int = 0
+    hint_bytes: int = 0
+    upload_bytes: int = 0
     cloud_seconds: float = 0.0
     device_seconds: float = 0.0
     batch_latency_ms: list[float] = field(default_factory=list)
@@ -101,10 +103,13 @@ class LocalRuntime:
                     processor.on_release(version, self.pipeline.registry)
             elif isinstance(event, Hint):
                 self.stats.hints += 1
+                self.stats.hint_bytes += len(encode(event))
                 if hasattr(processor, "on_hint"):
                     processor.on_hint(event)
-            elif isinstance(event, Upload) and cloud is not None and hasattr(cloud, "on_upload"):
-                cloud.on_upload(event)
+            elif isinstance(event, Upload):
+                self.stats.upload_bytes += len(encode(event))
+                if cloud is not None and hasattr(cloud, "on_upload"):
+                    cloud.on_upload(event)
 
     def _fire_due_jobs(self, now: int) -> int:
         """Run every cloud job due at or before event time ``now``; the next due time."""

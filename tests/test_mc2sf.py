@@ -210,6 +210,9 @@ def test_each_preset_replays_a_tiny_world(method):
     assert comm["releases"] == comm["cloud_jobs"] > 0
     assert (comm["uploads"] > 0) == (method != "mc2sf-fast")
     assert (comm["hints"] > 0) == (method == "mc2sf")
+    assert (comm["hint_bytes"] > 0) == (method == "mc2sf")
+    assert comm["upload_bytes"] == comm["bytes_up"]  # the only upstream traffic here
+    assert comm["hint_bytes"] <= comm["bytes_down"]
     assert report["perf"]["state_bytes_per_device"] <= 8 * 1024
 
 
