@@ -23,46 +23,6 @@ class TrainingConfig:
     n_negatives: int = 4
 
 
-class IncrementalTrainer:
-    """Keeps a model and its Adam state across cloud jobs; each :meth:`fit` continues
-    from the previous weights on the samples that arrived since (warm start)."""
-
-    def __init__(self, model: SequentialRecommender, config: TrainingConfig, seed: int) -> None:
-        self.model = model
-        self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                          weight_decay=config.l2)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.steps = 0
-
-    def fit(self, history: np.ndarray, lengths: np.ndarray, target: np.ndarray,
-            epochs: int | None = None) -> float:
-        """Train on ``(history, lengths) → target`` samples (shifted ids); mean loss."""
-        n = len(target)
-        if n == 0:
-            return float("nan")
-        history_t = torch.from_numpy(np.ascontiguousarray(history, dtype=np.int64))
-        lengths_t = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
-        target_t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64))
-        self.model.train()
-        losses = []
-        for _ in range(epochs or self.config.epochs):
-            order = torch.randperm(n, generator=self.generator)
-            for start in range(0, n, self.config.batch_size):
-                idx = order[start:start + self.config.batch_size]
-                negatives = torch.randint(1, self.model.n_items + 1,
-                                          (len(idx), self.config.n_negatives),
-                                          generator=self.generator)
-                loss = self.model.loss(history_t[idx], lengths_t[idx], target_t[idx], negatives)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(loss.item())
-                self.steps += 1
-        self.model.eval()
-        return float(np.mean(losses))
-
-
 @torch.inference_mode()
 def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths: np.ndarray,
                      candidates: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -145,3 +105,18 @@ def score_inputs(model: nn.Module, score: InputScorer, inputs: Inputs, candidate
         batch = {name: _tensor(array[start:stop]) for name, array in inputs.items()}
         out[start:stop] = score(batch, _tensor(candidates[start:stop])).numpy()
     return out
+
+
+class IncrementalTrainer(InputTrainer):
+    """Keeps a model and its Adam state across cloud jobs; each :meth:`fit` continues
+    from the previous weights on the samples that arrived since (warm start)."""
+
+    def __init__(self, model: SequentialRecommender, config: TrainingConfig, seed: int) -> None:
+        super().__init__(model, lambda b, candidates: model.loss(
+            b["history"], b["lengths"], candidates[:, 0], candidates[:, 1:]),
+            model.n_items, config, seed)
+
+    def fit(self, history: np.ndarray, lengths: np.ndarray, target: np.ndarray,
+            epochs: int | None = None) -> float:
+        """Train on ``(history, lengths) → target`` samples (shifted ids); mean loss."""
+        return super().fit({"history": history, "lengths": lengths}, target, epochs)
