@@ -20,8 +20,9 @@ clicks of staleness the fast and test phases have), early-stops on the fast phas
 then learns the fast phase itself for ``fast_phase_epochs`` (the paper's "fast
 component is trained in the fast phase"). The test phase is never used for a decision.
 
-Exposure windows are the user's exposures before the target in stream order, so a
-click's own slate is in its device's memory, as on the stream.
+Exposure windows are the user's exposures strictly earlier in time than the target:
+the target's own slate is the recommendation being evaluated, so its other items are
+not an input (on the synthetic world they would reveal the target's cluster).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class PhaseInputs:
     """Builds each model's inputs for a set of samples from the click and exposure
     sequences."""
 
-    def __init__(self, clicks: UserSequences, exposures: UserSequences,
+    def __init__(self, clicks: UserSequences, exposures: UserSequences, log_ts: np.ndarray,
                  settings: MC2SFSettings) -> None:
         self.clicks = clicks
+        self.log_ts = log_ts
         self.exposures = exposures
         self.settings = settings
         offsets = np.arange(len(clicks.items)) - clicks.start[clicks.users]
@@ -83,10 +85,10 @@ class PhaseInputs:
         self.offsets = offsets
 
     def _exposure_windows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The exposures a device saw before the click at sequence ``positions``."""
-        assert self.clicks.log_index is not None
-        return self.exposures.windows_before(self.clicks.users[positions],
-                                             self.clicks.log_index[positions],
+        """The exposures of the slates a device saw before the click at sequence
+        ``positions``: strictly earlier in time, so never the click's own slate."""
+        first_at_time = np.searchsorted(self.log_ts, self.clicks.ts[positions], side="left")
+        return self.exposures.windows_before(self.clicks.users[positions], first_at_time,
                                              self.settings.exposure_len)
 
     def slow(self, samples: Samples) -> Inputs:
@@ -154,7 +156,7 @@ def run_mc2sf(method: str, log_, settings: MC2SFSettings, seed: int, sampler: Ne
     torch.manual_seed(seed)
     clicks = UserSequences.from_log(log_)
     exposures = UserSequences.from_log(log_, EXPOSURE)
-    phases = PhaseInputs(clicks, exposures, settings)
+    phases = PhaseInputs(clicks, exposures, log_.ts, settings)
     cloud = mc2sf_split(clicks, settings.max_len, device_model=False)
     device = mc2sf_split(clicks, settings.device_len, device_model=True)
     n_items = log_.n_items

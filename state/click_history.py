@@ -68,20 +68,16 @@ def advance(seq: np.ndarray, length: np.ndarray, rows: np.ndarray,
                     new_seq.astype(np.int32), np.minimum(total, window).astype(np.int32))
 
 
-def prior_counts(rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
-    """For each position, how many earlier positions of the same row are flagged
-    (e.g. the exposures a device saw in a batch before each of its clicks)."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    flagged = flags[order].astype(np.int64)
-    before = np.cumsum(flagged) - flagged  # flagged positions before, over all rows
-    starts = np.r_[0, np.flatnonzero(sorted_rows[1:] != sorted_rows[:-1]) + 1]
-    run_start = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
-    result = np.empty(len(rows), dtype=np.int64)
-    result[order] = before - before[run_start]
-    return result
+def earlier_counts(rows: np.ndarray, ts: np.ndarray, query_rows: np.ndarray,
+                   query_ts: np.ndarray) -> np.ndarray:
+    """For each query ``(row, time)``, how many of the entries ``(rows, ts)`` have that
+    row and a strictly earlier time (e.g. the exposures of a device's earlier slates
+    before each of its clicks; a slate's events share one timestamp)."""
+    span = np.int64(max(ts.max(initial=0), query_ts.max(initial=0))) + 1
+    keys = np.sort(rows.astype(np.int64) * span + ts)
+    query = query_rows.astype(np.int64) * span
+    return (np.searchsorted(keys, query + query_ts, side="left")
+            - np.searchsorted(keys, query, side="left"))
 
 
 def tail(windows: np.ndarray, lengths: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

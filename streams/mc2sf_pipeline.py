@@ -7,7 +7,8 @@ Device (:class:`MC2SFDeviceProcessor`), per batch of a device's events in stream
   (Eq. 3) — clicks never touch it; with S2F a second GRU_n state r̃_n starts from
   z_n of the latest hint (Eq. 7) and advances on the same exposures;
 - every click is scored *before* the device appends it to its click window, with the
-  negative state as of the exposures before it;
+  negative state as of the exposures of earlier slates (strictly earlier timestamps:
+  the click's own slate is the recommendation being made, so it is not an input);
 - every ``upload_interval`` of event time the device uploads r̂₂ (``Upload`` of kind
   ``negative_memory``, float16) — Algorithm 1's "if time > threshold: upload r̂₂";
 - a hint that arrived (``on_hint``) is applied when the device next has events; a
@@ -176,10 +177,12 @@ class MC2SFDeviceProcessor:
         final, after = self._advance_negative(initial, batch.row[exposures],
                                               events.item[exposures])
 
-        # the negative states each click is scored with: after the exposures before it
-        seen = click_history.prior_counts(batch.row, exposures)[clicks]
+        # the negative states each click is scored with: after the exposures of earlier
+        # slates (not the click's own slate, which did not exist when it was ranked)
         click_rows = batch.row[clicks]
         exposure_rows = batch.row[exposures]
+        seen = click_history.earlier_counts(exposure_rows, events.ts[exposures], click_rows,
+                                            events.ts[clicks])
         exposure_rank = click_history.occurrence(exposure_rows)
         span = int(exposure_rank.max(initial=0)) + 2
         has_prior = seen > 0
@@ -294,9 +297,11 @@ class MC2SFCloudJob:
         exposures = ~clicks
         ex = click_history.advance(self.exposure_seq[devices], self.exposure_length[devices],
                                    row[exposures], events.item[exposures].astype(np.int32) + 1)
-        # each click's exposure window: the window before its next exposure, or the final one
-        seen = click_history.prior_counts(row, exposures)[clicks]
+        # each click's exposure window (earlier slates): the window before the first
+        # exposure at or after its time, or the final one
         click_rows = row[clicks]
+        seen = click_history.earlier_counts(row[exposures], events.ts[exposures], click_rows,
+                                            events.ts[clicks])
         counts = np.bincount(row[exposures], minlength=len(devices))
         exposure_windows = ex.seq[click_rows].copy()
         exposure_lengths = ex.length[click_rows].copy()

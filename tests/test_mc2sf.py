@@ -119,20 +119,23 @@ def test_negative_memory_advances_on_exposures_and_never_on_clicks():
 
 
 def test_each_click_is_scored_before_the_device_learns_it():
-    """Scores equal the fast component's on the window and memory *before* each click;
-    this device never received a hint, so it serves the fast component with none."""
+    """Scores equal the fast component's on the click window and the memory of earlier
+    slates *before* each click (its own slate's exposures excluded); this device never
+    received a hint, so it serves the fast component with none."""
     processor, _, _ = _pipeline("mc2sf")
     table = DeviceStateTable(processor.state_spec, 4)
-    users, items = [0, 0, 0, 0, 0], [4, 11, 6, 12, 8]
-    events = [CLICK, EXPOSURE, CLICK, EXPOSURE, CLICK]
-    out = _step(processor, table, _batch(users, items, events))
+    users, items = [0, 0, 0, 0, 0, 0], [4, 11, 6, 12, 13, 8]
+    events = [CLICK, EXPOSURE, CLICK, EXPOSURE, EXPOSURE, CLICK]
+    ts = [0, 10, 10, 20, 30, 30]  # slates: {4}, {11, 6}, {12}, {13, 8}
+    out = _step(processor, table, _batch(users, items, events, ts=ts))
     fast = processor.model
     expected = []
     with torch.inference_mode():
         clicks: list[int] = []
-        exposures: list[int] = []
-        for item, event in zip(items, events, strict=True):
+        for item, event, t in zip(items, events, ts, strict=True):
             if event == CLICK:
+                exposures = [i + 1 for i, e, s in zip(items, events, ts, strict=True)
+                             if e == EXPOSURE and s < t]
                 history = torch.tensor([clicks + [0] * (6 - len(clicks))])
                 exposed = torch.tensor([exposures + [0] * (6 - len(exposures))])
                 candidates = torch.tensor([[item + 1, 1, 2, 3]])
@@ -140,8 +143,6 @@ def test_each_click_is_scored_before_the_device_learns_it():
                                            torch.tensor([len(exposures)]),
                                            torch.zeros(1, 2 * D), candidates)[0].numpy())
                 clicks.append(item + 1)
-            else:
-                exposures.append(item + 1)
     np.testing.assert_allclose(out.scores, np.stack(expected), atol=1e-5)
     assert np.all(table.columns["hint"] == 0)
 
