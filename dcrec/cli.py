@@ -243,9 +243,10 @@ def eval_(
     title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}"
     table = markdown_table(summary, title)
     if protocol == "mc2sf":
-        from dcrec.replay.mc2sf_offline import case_study_markdown
+        from dcrec.replay.mc2sf_offline import ablation_markdown, case_study_markdown
 
         titles = log_.item_titles or [str(i) for i in log_.item_ids]
+        table += "\n" + ablation_markdown(summary)
         table += "\n" + case_study_markdown([r for r in results if r["seed"] == seed_list[0]],
                                             titles)
     out.mkdir(parents=True, exist_ok=True)

@@ -279,3 +279,31 @@ def case_study_markdown(results: list[dict], titles: list[str]) -> str:
         cells += [titles[cases[m]["top5"][rank]] for m in columns]
         lines.append(f"| {rank + 1} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+ABLATION = (("din", "DIN (slow)"), ("mc2sf-f2s", "w/ F2S"), ("mc2sf", "w/ S2F (MC²-SF)"))
+
+
+def ablation_markdown(summary: dict) -> str:
+    """Fig. 4: DIN → w/ F2S → w/ S2F on NDCG@5/10 and HR@10 (mean ± std), with each
+    step's NDCG@10 gain and whether it exceeds two standard deviations of both sides."""
+    rows = [(m, label) for m, label in ABLATION if m in summary]
+    if len(rows) < 2:
+        return ""
+    lines = ["### Ablation (Fig. 4)", "",
+             "| variant | NDCG@5 | NDCG@10 | HR@10 | Δ NDCG@10 vs previous | gap > 2σ |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    previous = None
+    for method, label in rows:
+        m = summary[method]
+        cells = [f"{m[n]['mean']:.4f} ± {m[n]['std']:.4f}" for n in ("NDCG@5", "NDCG@10",
+                                                                    "HR@10")]
+        gain, clear = "", ""
+        if previous is not None:
+            p = summary[previous]["NDCG@10"]
+            delta = m["NDCG@10"]["mean"] - p["mean"]
+            gain = f"{delta:+.4f}"
+            clear = "yes" if delta > 2 * max(p["std"], m["NDCG@10"]["std"]) else "no"
+        lines.append(f"| {label} | " + " | ".join([*cells, gain, clear]) + " |")
+        previous = method
+    return "\n".join(lines) + "\n"
