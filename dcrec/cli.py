@@ -256,3 +256,6 @@ def eval_(
     plot_summary(summary, title, out / f"{stem}.png")
     print(table)
     console.print(f"written: {out / stem}.{{json,md,png}}")
+
+
+from dcrec import cli_ops  # noqa: E402, F401  (registers up / down on the app)

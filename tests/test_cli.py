@@ -97,3 +97,31 @@ def test_eval_keeps_finished_runs_and_resumes_from_them(tmp_path):
     assert fresh.exit_code == 0
     summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
     assert summary["popularity"]["HR@10"]["mean"] < 1.0
+
+
+def test_up_starts_the_embedded_broker_and_redis_and_down_stops_them(tmp_path, monkeypatch):
+
+    monkeypatch.setenv("DCREC_DATA", str(tmp_path))
+    monkeypatch.delenv("DCREC_REDIS_URL", raising=False)
+    started = runner.invoke(app, ["up"])
+    assert started.exit_code == 0, started.output
+    assert "tansu\tkafka://127.0.0.1:" in started.output
+    assert "valkey\tredis://127.0.0.1:" in started.output
+    pids = json.loads((tmp_path / "embedded.json").read_text())["pids"]
+    assert runner.invoke(app, ["up"]).exit_code == 2  # already up
+    assert runner.invoke(app, ["down"]).exit_code == 0
+    for pid in pids:  # gone, or a zombie of this test process awaiting its reaping
+        assert _stopped(pid)
+
+
+def _stopped(pid: int, timeout: float = 10.0) -> bool:
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "State:\tZ" in status.read_text():
+            return True
+        time.sleep(0.1)
+    return False
