@@ -97,6 +97,9 @@ def replay(
     kcore: KcoreOption = 0,
     method: Annotated[str, typer.Option(help="preset (dcrec methods lists them)")] = "gru4rec",
     runtime: Annotated[str, typer.Option(help="local or kafka")] = "local",
+    speed: Annotated[str | None, typer.Option(
+        help="kafka: live run at X times event time, or max; unset: event-time replay")] = None,
+    workers: Annotated[int, typer.Option(help="kafka: device workers to start")] = 1,
     seed: int = 0,
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
     start: Annotated[str | None, typer.Option(help="first event time (unix or ISO)")] = None,
@@ -137,7 +140,8 @@ def replay(
     with tqdm(total=source.n_events, unit="ev", unit_scale=True, disable=quiet,
               desc=f"{config.method} on {source.name}") as bar:
         try:
-            result = run_replay(config, source, progress=bar.update)
+            result = run_replay(config, source, progress=bar.update,
+                                kafka=_kafka_settings(speed, workers))
         except ValueError as error:
             _fail(str(error))
     if report is not None:
@@ -145,6 +149,13 @@ def replay(
     print(replay_markdown(result))
     if report is not None:
         console.print(f"report written to {report}")
+
+
+def _kafka_settings(speed: str | None, workers: int):
+    from dcrec.config import KafkaRuntimeSettings
+
+    rate = 0.0 if speed is None else float("inf") if speed == "max" else float(speed)
+    return _config(KafkaRuntimeSettings, speed=rate, workers=workers)
 
 
 @app.command("methods")
@@ -259,3 +270,5 @@ def eval_(
 
 
 from dcrec import cli_ops  # noqa: E402, F401  (registers up / down on the app)
+
+

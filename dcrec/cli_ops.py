@@ -1,64 +1,97 @@
-"""``dcrec up`` / ``dcrec down``: the embedded broker and Redis for development."""
+"""Operations verbs of the kafka runtime on the ``dcrec`` app: ``up``, ``down``,
+``topics create``, ``worker``, ``cloud``."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dcrec.cli import app, console
+from dcrec.config import KafkaRuntimeSettings
 
-_UP_FILE = "embedded.json"
+topics_app = typer.Typer(help="Kafka topics of the event flow.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
 
-
-def _state_path():
-    from dcrec.replay.datasets import cache_root
-
-    return cache_root() / _UP_FILE
+ServicesFile = Annotated[Path | None, typer.Option(
+    help="where `dcrec up` records URLs and PIDs (default: services.json in the cache)")]
+RunOption = Annotated[str, typer.Option(help="the run id (a replay prints it)")]
+RedisOption = Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS",
+                                          help="Redis URL of the run")]
 
 
 @app.command()
-def up(
-    redis_url: Annotated[str | None, typer.Option(
-        envvar="DCREC_REDIS_URL", help="use this Redis instead of starting valkey")] = None,
-) -> None:
-    """Start the embedded Kafka-protocol broker (Tansu) and, unless a Redis URL is
-    given, valkey-server, on free loopback ports; print their URLs."""
-    from dcrec.infra.embedded import ServiceUnavailableError, start_broker, start_valkey
+def up(services_file: ServicesFile = None,
+       redis_url: Annotated[str, typer.Option(
+           "--redis", envvar="DCREC_REDIS", help="use this Redis instead of starting one")] = "",
+       ) -> None:
+    """Start the embedded Kafka broker (Tansu) and, with no Redis URL, valkey-server."""
+    from dcrec.infra.services import services_path
+    from dcrec.infra.services import up as start
 
-    path = _state_path()
-    if path.exists():
-        console.print(f"[red]error:[/red] already up ({path}); run dcrec down first")
-        raise typer.Exit(2)
+    services_file = services_file or services_path()
     try:
-        services = [start_broker()]
-        if redis_url is None:
-            services.append(start_valkey())
-    except ServiceUnavailableError as error:
+        started = start(services_file, redis_url)
+    except (RuntimeError, TimeoutError) as error:  # AlreadyUpError, or a start failed
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
-    urls = {s.name: s.url for s in services}
-    if redis_url is not None:
-        urls["redis"] = redis_url
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"urls": urls, "pids": [s.pid for s in services]}))
-    for name, url in urls.items():
-        print(f"{name}\t{url}")
+    print(f"broker  {started['broker'].url}  (pid {started['broker'].pid})")
+    if "redis" in started:
+        print(f"redis   {started['redis'].url}  (pid {started['redis'].pid})")
+    else:
+        print(f"redis   {redis_url}  (configured)")
+    console.print(f"recorded in {services_file}; `dcrec down` stops them")
 
 
 @app.command()
-def down() -> None:
-    """Stop what ``dcrec up`` started."""
-    path = _state_path()
-    if not path.exists():
-        console.print("nothing is up")
-        return
-    for pid in json.loads(path.read_text())["pids"]:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-    path.unlink()
-    console.print("stopped")
+def down(services_file: ServicesFile = None) -> None:
+    """Stop what `dcrec up` started."""
+    from dcrec.infra.services import down as stop
+    from dcrec.infra.services import services_path
+
+    stopped = stop(services_file or services_path())
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@topics_app.command("create")
+def topics_create(
+    broker: Annotated[str, typer.Option(envvar="DCREC_BROKER",
+                                        help="bootstrap server (default: dcrec up's)")] = "",
+    namespace: Annotated[str, typer.Option(help="prefix of the topic names")] = "",
+    services_file: ServicesFile = None,
+) -> None:
+    """Create the topics of DESIGN.md with the partitions, retention and compaction of
+    the configuration."""
+    from dcrec.infra.services import recorded, services_path
+    from dcrec.streams.topics import create_topics, topic_configs, topic_name
+
+    settings = KafkaRuntimeSettings()
+    running = recorded(services_file or services_path())
+    broker = broker or (running["broker"].url if "broker" in running else "")
+    if not broker:
+        console.print("[red]error:[/red] no broker: pass --broker or run `dcrec up`")
+        raise typer.Exit(2)
+    created = set(create_topics(broker, settings, namespace))
+    for name, spec in settings.topics.items():
+        full = topic_name(name, namespace)
+        state = "created" if full in created else "exists"
+        print(f"{full:28s} partitions={spec.partitions:<3d} "
+              f"{' '.join(f'{k}={v}' for k, v in topic_configs(spec).items())}  {state}")
+
+
+@app.command()
+def worker(run: RunOption, redis_url: RedisOption = "redis://127.0.0.1:6379/0") -> None:
+    """A device worker (faust agent keyed by device id) of a kafka run; start more to
+    scale out."""
+    from dcrec.replay.kafka_replay import run_worker
+
+    run_worker(run, redis_url)
+
+
+@app.command()
+def cloud(run: RunOption, redis_url: RedisOption = "redis://127.0.0.1:6379/0") -> None:
+    """The cloud jobs of a kafka run, as their own process."""
+    from dcrec.replay.kafka_replay import run_cloud
+
+    run_cloud(run, redis_url)

@@ -108,3 +108,73 @@ class ReplayConfig(_Strict):
     activity_groups: int = Field(20, ge=1)
     model: ModelConfig = ModelConfig()
     world: WorldSettings = WorldSettings()
+
+
+# --- the kafka runtime: broker, Redis, topics, workers ----------------------------------
+
+
+class TopicSettings(_Strict):
+    """One topic of DESIGN.md's event flow: partitions, retention and compaction."""
+
+    partitions: int = Field(4, ge=1, le=1024)
+    retention: Duration = 7 * 86400
+    compact: bool = False
+
+
+def _default_topics() -> dict[str, TopicSettings]:
+    keyed = TopicSettings(partitions=4)
+    single = TopicSettings(partitions=1)
+    return {
+        "events.exposure": keyed,
+        "events.click": keyed,
+        "device.uploads": keyed,
+        # the latest version per model is what matters: compact, keep forever-ish
+        "cloud.releases": TopicSettings(partitions=1, retention=30 * 86400, compact=True),
+        "cloud.hints": keyed,
+        "param.requests": keyed,
+        "param.responses": keyed,
+        "control.threshold": TopicSettings(partitions=1, compact=True),
+        "events.deadletter": single,
+    }
+
+
+class FaustSettings(_Strict):
+    """Settings of the faust-streaming device workers.
+
+    DESIGN.md records why the first two are what they are: the embedded broker (Tansu
+    0.6) makes a group join wait the full rebalance timeout, so it is low (3 s: the first
+    join takes seconds, not minutes); aiokafka leaves a group whose fetcher sits idle
+    for ``max_poll_interval``, so it is high (1000 s). With both low the worker hit
+    ``UnknownMemberIdError`` on commit; with both at defaults the first join hung.
+    """
+
+    broker_rebalance_timeout: float = Field(3.0, gt=0)
+    broker_max_poll_interval: float = Field(1000.0, gt=0)
+    broker_session_timeout: float = Field(10.0, gt=0)
+    broker_heartbeat_interval: float = Field(1.0, gt=0)
+    # offsets reach Kafka only after the state they cover is in Redis (manual acks), so
+    # committing often only shortens what a restarted worker has to skip
+    broker_commit_interval: float = Field(1.0, gt=0)
+    # a partition's events are processed when its watermark arrives or its buffer is
+    # this full (live runs)
+    max_batch: int = Field(2048, ge=1)
+
+
+class KafkaRuntimeSettings(_Strict):
+    """Where the broker and Redis are, and how the topics and workers are set up.
+
+    An empty ``broker``/``redis`` means: the services ``dcrec up`` started (their URLs
+    are recorded in ``services_file``), or, failing that, embedded ones started for the
+    run and stopped after it.
+    """
+
+    broker: str = ""
+    redis: str = ""
+    services_file: str = ""  # "": services.json in the cache folder
+    topics: dict[str, TopicSettings] = Field(default_factory=_default_topics)
+    faust: FaustSettings = FaustSettings()
+    workers: int = Field(1, ge=1, le=64)
+    # live runs: X times real (event) time, or 0 for as fast as the producer can
+    speed: float = Field(0.0, ge=0)
+    # Redis unreachable: retry with exponential back-off up to this many seconds apart
+    redis_backoff_max: float = Field(2.0, gt=0)

@@ -20,7 +20,7 @@ from dcrec.streams.local_runtime import LocalRuntime
 from dcrec.streams.presets import PresetContext, build_pipeline
 from dcrec.streams.schema import Rejected
 
-from dcrec.config import ReplayConfig, WorldSettings
+from dcrec.config import KafkaRuntimeSettings, ReplayConfig, WorldSettings
 
 
 @dataclass
@@ -98,19 +98,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
-               progress: Callable[[int], None] | None = None) -> dict:
-    """Replay and evaluate; returns the report (DESIGN.md's contract)."""
-    if config.runtime != "local":
-        raise NotImplementedError("the kafka runtime is not available in this build")
-    source = source or open_source(config)
+def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
+    """What the preset of a replay is built with."""
     m = config.model
-    ctx = PresetContext(n_users=source.n_users, n_items=source.n_items, seed=config.seed,
-                        max_len=m.max_len, embedding_dim=m.embedding_dim, lr=m.lr, l2=m.l2,
-                        batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
-                        train_negatives=m.train_negatives,
-                        upload_interval=config.upload_interval)
-    pipeline = build_pipeline(config.method, ctx)
+    return PresetContext(n_users=source.n_users, n_items=source.n_items, seed=config.seed,
+                         max_len=m.max_len, embedding_dim=m.embedding_dim, lr=m.lr, l2=m.l2,
+                         batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
+                         train_negatives=m.train_negatives,
+                         upload_interval=config.upload_interval)
+
+
+def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
+               progress: Callable[[int], None] | None = None,
+               kafka: KafkaRuntimeSettings | None = None) -> dict:
+    """Replay and evaluate; returns the report (DESIGN.md's contract). The kafka
+    runtime takes its broker, Redis and worker settings from ``kafka``."""
+    source = source or open_source(config)
+    if config.runtime == "kafka":
+        from dcrec.replay.kafka_replay import run_kafka_replay
+
+        return run_kafka_replay(config, source, kafka or KafkaRuntimeSettings(), progress)
+    pipeline = build_pipeline(config.method, preset_context(config, source))
     evaluator = RankingEvaluator()
     runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, evaluator.add,
                            config.cloud_interval, config.warmup)

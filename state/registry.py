@@ -46,6 +46,10 @@ class ModelRegistry:
     def latest(self, model: str) -> ModelVersion | None:
         return self._latest.get(model)
 
+    def models(self) -> list[str]:
+        """Names of the models with a promoted version."""
+        return sorted(self._latest)
+
     def load(self, version: ModelVersion) -> dict[str, torch.Tensor]:
         blob = self._blobs[(version.model, version.version)]
         if hashlib.sha256(blob).hexdigest() != version.checksum:

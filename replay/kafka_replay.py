@@ -1,0 +1,337 @@
+"""A replay on the kafka runtime: topics, a cloud process, device workers, the replay
+producer, and the report read back from Redis.
+
+Every process of a run reads the run's specification from Redis (``dcrec:{run}:spec``)
+and builds the same preset from it, so ``dcrec worker --run R`` and ``dcrec cloud --run
+R`` started by hand join a run the same way the replay starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+from dcrec.infra.services import endpoints
+from dcrec.models.metrics import METRIC_NAMES, RankingEvaluator
+from dcrec.replay.driver import ReplaySource, open_source, peak_rss_mb, preset_context
+from dcrec.state.device_state import spec_nbytes
+from dcrec.state.redis_store import HEADER, RedisDeviceStore, RunKeys, redis_client
+from dcrec.streams.presets import build_pipeline
+from dcrec.streams.replay_producer import ReplayProducer, produce_slices
+from dcrec.streams.run_keys import Progress, latency_percentile
+from dcrec.streams.slices import event_time_slices
+from dcrec.streams.topics import CLICKS, create_topics
+
+from dcrec.config import KafkaRuntimeSettings, ReplayConfig
+
+log = logging.getLogger(__name__)
+
+
+def write_spec(client: redis.Redis, run: str, config: ReplayConfig,
+               settings: KafkaRuntimeSettings, bootstrap: str, aligned: bool) -> None:
+    spec = {"config": config.model_dump(), "settings": settings.model_dump(),
+            "bootstrap": bootstrap, "aligned": aligned, "namespace": run}
+    client.set(RunKeys(run)("spec"), json.dumps(spec))
+
+
+def read_spec(client: redis.Redis, run: str) -> dict:
+    raw = client.get(RunKeys(run)("spec"))
+    if raw is None:
+        raise ValueError(f"no run {run!r} in this Redis")
+    return json.loads(raw)
+
+
+def _partitions(settings: KafkaRuntimeSettings) -> int:
+    return settings.topics[CLICKS].partitions
+
+
+def run_worker(run: str, redis_url: str) -> None:
+    """``dcrec worker``: a faust device worker of run ``run`` (until stopped)."""
+    import torch
+    from dcrec.streams.device_worker import DeviceWorker, WorkerConfig
+    from dcrec.streams.faust_worker import attach_device_agent, faust_app
+    from faust.worker import Worker
+    from kafka import KafkaProducer
+
+    torch.set_num_threads(1)
+    client = redis_client(redis_url, backoff_max=None)  # DeviceWorker backs off itself
+    spec = read_spec(client, run)
+    config = ReplayConfig(**spec["config"])
+    settings = KafkaRuntimeSettings(**spec["settings"])
+    source = open_source(config)
+    pipeline = build_pipeline(config.method, preset_context(config, source))
+    partitions = _partitions(settings)
+    worker_config = WorkerConfig(run, spec["namespace"], partitions, source.n_users,
+                                 source.n_items, config.warmup,
+                                 config.cloud_interval, spec["aligned"],
+                                 settings.redis_backoff_max)
+    producer = KafkaProducer(bootstrap_servers=spec["bootstrap"], linger_ms=2)
+
+    def send(topic, value, key, partition, headers) -> None:
+        producer.send(topic, value, key=key, partition=partition, headers=headers)
+
+    def make() -> DeviceWorker:
+        return DeviceWorker(worker_config, pipeline.processor, source.sampler.sample, client,
+                            send, producer.flush)
+
+    app = faust_app(f"dcrec-{run}", spec["bootstrap"], settings.faust)
+    attach_device_agent(app, spec["namespace"], partitions, make)
+    Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def run_cloud(run: str, redis_url: str) -> None:
+    """``dcrec cloud``: the cloud jobs of run ``run``, until its stream ends."""
+    from dcrec.streams.cloud_process import CloudProcess
+
+    spec = read_spec(redis_client(redis_url), run)
+    config = ReplayConfig(**spec["config"])
+    settings = KafkaRuntimeSettings(**spec["settings"])
+    client = redis_client(redis_url, settings.redis_backoff_max)
+    source = open_source(config)
+    pipeline = build_pipeline(config.method, preset_context(config, source))
+    CloudProcess(run, spec["namespace"], spec["bootstrap"], _partitions(settings),
+                 source.n_users, source.n_items, pipeline.cloud, pipeline.registry, client,
+                 config.cloud_interval, spec["aligned"]).run()
+
+
+def spawn_role(role: str, run: str, redis_url: str, log_dir: Path) -> subprocess.Popen:
+    """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = open(log_dir / f"{role}-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
+    env = {**os.environ, "DCREC_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from dcrec.cli import app; app()", role, "--run", run,
+         "--redis", redis_url], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def run_finished(client: redis.Redis, run: str, partitions: int, end_slice: int) -> bool:
+    keys = RunKeys(run)
+    raws = client.hmget(keys("progress"), list(range(partitions)))
+    boundary = client.get(keys("cloud", "boundary"))
+    return (all(Progress.decode(r).next_slice >= end_slice for r in raws)
+            and boundary is not None and int(boundary) >= end_slice)
+
+
+class KafkaRun:
+    """One run's processes: the cloud process and the device workers."""
+
+    def __init__(self, run: str, redis_url: str, log_dir: Path) -> None:
+        self.run, self.redis_url, self.log_dir = run, redis_url, log_dir
+        self.cloud: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def start(self, workers: int) -> None:
+        self.cloud = spawn_role("cloud", self.run, self.redis_url, self.log_dir)
+        self.workers = [self.add_worker() for _ in range(workers)]
+
+    def add_worker(self) -> subprocess.Popen:
+        process = spawn_role("worker", self.run, self.redis_url, self.log_dir)
+        self.workers.append(process)
+        return process
+
+    def check(self) -> None:
+        """Fail if the cloud process died before the end."""
+        if self.cloud is not None and self.cloud.poll() not in (None, 0):
+            raise RuntimeError(f"the cloud process exited with {self.cloud.returncode}; "
+                               f"see {self.log_dir}")
+
+    def stop(self) -> None:
+        for process in [*self.workers, *([self.cloud] if self.cloud else [])]:
+            if process.poll() is None:
+                process.terminate()
+        for process in [*self.workers, *([self.cloud] if self.cloud else [])]:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_assigned(client: redis.Redis, run: str, partitions: int, processes: KafkaRun,
+                  timeout: float = 120.0) -> None:
+    """Wait until every partition has a worker (faust's first join takes seconds)."""
+    deadline = time.monotonic() + timeout
+    while client.hlen(RunKeys(run)("owners")) < partitions:
+        processes.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"partitions of run {run} not assigned after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def wait_finished(client: redis.Redis, run: str, partitions: int, end_slice: int,
+                  processes: KafkaRun, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not run_finished(client, run, partitions, end_slice):
+        processes.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run} not finished after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: ReplaySource,
+                 state_bytes: int, wall: float) -> dict:
+    """The replay report (DESIGN.md's contract) from what the run left in Redis."""
+    keys = RunKeys(run)
+    stats = {k.decode(): int(v) for k, v in client.hgetall(keys("stats")).items()}
+    cloud = {k.decode(): float(v) for k, v in client.hgetall(keys("cloud", "stats")).items()}
+    totals = {k.decode(): float(v) for k, v in client.hgetall(keys("eval")).items()}
+    n = totals.get("n", 0.0)
+    metrics = {name: (totals[name] / n if n else float("nan"))
+               for name in METRIC_NAMES if name != "UAUC"}
+    auc_sum = {int(k): float(v) for k, v in client.hgetall(keys("eval", "user_auc")).items()}
+    auc_n = {int(k): int(v) for k, v in client.hgetall(keys("eval", "user_n")).items()}
+    users = np.array(sorted(auc_sum), dtype=np.int64)
+    per_user = np.array([auc_sum[u] / auc_n[u] for u in users.tolist()])
+    metrics["UAUC"] = float(per_user.mean()) if len(users) else float("nan")
+    metrics = {name: metrics[name] for name in METRIC_NAMES}
+    clicks_seen = np.zeros(source.n_users, np.int64)
+    for device, blob in client.hscan_iter(keys("state"), count=1000):
+        clicks_seen[int(device)] = np.frombuffer(blob, HEADER, count=1)[0]["clicks"]
+    evaluator = RankingEvaluator([users], [np.ones(len(users), np.int64)], [per_user])
+    latency = {int(k): int(v) for k, v in client.hgetall(keys("latency")).items()}
+    reasons = {k.decode(): int(v) for k, v in client.hgetall(keys("deadletters")).items()}
+    events = stats.get("events", 0)
+    dead = sum(reasons.values())
+    loaded = {str(r.reason): 0 for r in source.rejected}
+    for r in source.rejected:
+        loaded[str(r.reason)] += 1
+    all_reasons = {k: loaded.get(k, 0) + reasons.get(k, 0) for k in sorted({*loaded, *reasons})}
+    clicks = stats.get("clicks", 0)
+    requests = stats.get("requests", 0) + int(cloud.get("requests", 0))
+    return {
+        "dataset": source.name, "method": config.method, "runtime": "kafka",
+        "seed": config.seed,
+        "events": {"clicks": clicks, "exposures": stats.get("exposures", 0),
+                   "invalid": len(source.rejected) + dead, "invalid_reasons": all_reasons,
+                   "evaluated": stats.get("evaluated", 0)},
+        "metrics": metrics,
+        "comm": {
+            "uploads": stats.get("uploads", 0) + int(cloud.get("uploads", 0)),
+            "requests": requests,
+            "request_rate": requests / clicks if clicks else 0.0,
+            "bytes_up": stats.get("bytes_up", 0) + int(cloud.get("bytes_up", 0)),
+            "bytes_down": stats.get("bytes_down", 0) + int(cloud.get("bytes_down", 0)),
+            "releases": int(cloud.get("releases", 0)), "hints": int(cloud.get("hints", 0)),
+            "hint_bytes": int(cloud.get("hint_bytes", 0)),
+            "upload_bytes": stats.get("upload_bytes", 0),
+            "cloud_jobs": int(cloud.get("cloud_jobs", 0)),
+        },
+        "perf": {
+            "wall_seconds": wall,
+            "events_per_second": events / wall if wall > 0 else 0.0,
+            "device_events_per_second": events / wall if wall > 0 else 0.0,
+            "cloud_seconds": cloud.get("cloud_seconds", 0.0),
+            # event-to-state: from the producer's send to the Redis commit of the state
+            "p50_ms": latency_percentile(latency, 50),
+            "p99_ms": latency_percentile(latency, 99),
+            "peak_rss_mb": peak_rss_mb(),
+            "state_bytes_per_device": state_bytes,
+        },
+        "groups": evaluator.activity_groups(clicks_seen, config.activity_groups),
+        "config": config.model_dump(),
+    }
+
+
+@dataclass
+class KafkaSession:
+    """A kafka run under way: its Redis, its processes and the replay producer."""
+
+    run: str
+    config: ReplayConfig
+    source: ReplaySource
+    settings: KafkaRuntimeSettings
+    client: redis.Redis
+    processes: KafkaRun
+    producer: ReplayProducer
+    state_bytes: int
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def partitions(self) -> int:
+        return _partitions(self.settings)
+
+    def finish(self, timeout: float = 3600.0, produced: dict[int, int] | None = None) -> dict:
+        """Close the stream, wait until workers and cloud are through it, and report.
+        With ``produced`` (valid events sent per device) the report says how many
+        devices' applied-event counters in Redis differ from it (lost or doubled)."""
+        self.producer.watermark(self.producer.last_ts, end=True)
+        end_slice = self.producer.slices - 1
+        self.producer.close()
+        wait_finished(self.client, self.run, self.partitions, end_slice, self.processes,
+                      timeout)
+        wall = time.perf_counter() - self.started
+        report = kafka_report(self.client, self.run, self.config, self.source,
+                              self.state_bytes, wall)
+        speed = self.settings.speed
+        report["kafka"] = {"run": self.run, "workers": self.settings.workers,
+                           "partitions": self.partitions, "slices": end_slice,
+                           "mode": "event-time" if speed == 0 else f"live x{speed:g}"}
+        if produced is not None:
+            applied = {d: int(h["events"]) for d, h in RedisDeviceStore(
+                self.client, self.run, {}).headers().items()}
+            devices = set(produced) | set(applied)
+            report["kafka"]["device_counters"] = {
+                "devices": len(devices), "events_produced": sum(produced.values()),
+                "events_applied": sum(applied.values()),
+                "mismatched_devices": sum(produced.get(d, 0) != applied.get(d, 0)
+                                          for d in devices)}
+        return report
+
+
+@contextmanager
+def kafka_session(config: ReplayConfig, source: ReplaySource,
+                  settings: KafkaRuntimeSettings, run: str | None = None,
+                  ) -> Iterator[KafkaSession]:
+    """Topics, run specification, cloud process and device workers of a new run, its
+    producer ready; everything started is stopped on leaving."""
+    run = run or f"r{uuid.uuid4().hex[:8]}"
+    log_dir = Path("runs") / "kafka" / run
+    pipeline = build_pipeline(config.method, preset_context(config, source))
+    with endpoints(settings, log_dir) as ends:
+        client = redis_client(ends.redis, settings.redis_backoff_max)
+        create_topics(ends.broker, settings, namespace=run)
+        write_spec(client, run, config, settings, ends.broker, aligned=settings.speed == 0)
+        processes = KafkaRun(run, ends.redis, log_dir)
+        producer = None
+        try:
+            processes.start(settings.workers)
+            wait_assigned(client, run, _partitions(settings), processes)
+            producer = ReplayProducer(ends.broker, run, _partitions(settings))
+            yield KafkaSession(run, config, source, settings, client, processes, producer,
+                               spec_nbytes(pipeline.processor.state_spec))
+        finally:
+            processes.stop()
+            if producer is not None:
+                producer.close()
+
+
+def run_kafka_replay(config: ReplayConfig, source: ReplaySource,
+                     settings: KafkaRuntimeSettings,
+                     progress: Callable[[int], None] | None = None,
+                     run: str | None = None, timeout: float = 3600.0,
+                     while_running: Callable[[KafkaSession], None] | None = None,
+                     ) -> dict:
+    """Replay ``source`` through the kafka runtime and report. ``settings.speed`` 0
+    is an event-time replay (the local runtime's results); otherwise a live run paced
+    at that speed-up (``inf``: unpaced) whose cloud outputs land when they are ready.
+    ``while_running`` is called in a thread once the stream starts (fault injection)."""
+    with kafka_session(config, source, settings, run) as session:
+        if while_running is not None:
+            threading.Thread(target=while_running, args=(session,), daemon=True).start()
+        aligned = settings.speed == 0
+        speed = None if aligned or settings.speed == float("inf") else settings.speed
+        slices = event_time_slices(source.batches(config.micro_batch), config.cloud_interval)
+        produced = produce_slices(session.producer, slices, speed=speed, progress=progress)
+        return session.finish(timeout, produced)

@@ -1,0 +1,87 @@
+"""Device workers as faust-streaming agents keyed by device id.
+
+One agent reads the co-partitioned device topics (faust assigns partition ``p`` of
+both to the same worker) with manual acknowledgements: a message is acknowledged only
+once the Redis transaction that reflects it has committed, so the offsets faust
+commits to Kafka never run ahead of the state. Scale out by starting more workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import faust
+from dcrec.streams.device_worker import DeviceWorker, Entry
+from dcrec.streams.topics import DEVICE_TOPICS, topic_name
+
+from dcrec.config import FaustSettings
+
+log = logging.getLogger(__name__)
+
+
+def faust_app(app_id: str, bootstrap: str, settings: FaustSettings) -> faust.App:
+    """A faust app with the settings that hold group membership on the embedded broker
+    (see :class:`~dcrec.config.FaustSettings` for why each has its value)."""
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_max_poll_interval=settings.broker_max_poll_interval,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_commit_interval=settings.broker_commit_interval,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        # at shutdown, messages of an unfinished slice stay unacknowledged on purpose:
+        # their state is not committed, so the next owner reads them again
+        stream_wait_empty=False,
+    )
+
+
+def attach_device_agent(app: faust.App, namespace: str, partitions: int,
+                        make_worker: Callable[[], DeviceWorker],
+                        on_finished: Callable[[DeviceWorker], bool] | None = None) -> None:
+    """Register the device agent on ``app``; the :class:`DeviceWorker` is built when the
+    app starts (in the worker's event loop)."""
+    names = [topic_name(t, namespace) for t in DEVICE_TOPICS]
+    topic = app.topic(*names, value_serializer="raw", key_serializer="raw",
+                      partitions=partitions)
+    holder: dict[str, DeviceWorker] = {}
+
+    def worker() -> DeviceWorker:
+        if "worker" not in holder:
+            holder["worker"] = make_worker()
+        return holder["worker"]
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender, revoked, **_) -> None:
+        worker().revoke({tp.partition for tp in revoked if tp.topic in names})
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **_) -> None:
+        await worker().assign({tp.partition for tp in assigned if tp.topic in names})
+
+    @app.agent(topic, concurrency=1, name="devices")
+    async def devices(stream) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            message = event.message
+            core = worker()
+            entry = Entry(message.offset, message.value, message.headers,
+                          int(message.timestamp * 1000) if message.timestamp else 0, event)
+            if not core.offer(message.topic, message.partition, entry):
+                await manual.ack(event)
+                continue
+            if entry.marker is None:
+                continue
+            for handle in await core.drain():
+                await manual.ack(handle)
+            if on_finished is not None and on_finished(core):
+                log.info("stream finished")

@@ -1,0 +1,101 @@
+"""The replay producer: a stream of device events onto the device topics with
+kafka-python, keyed by device, each event's stream position in a header, and a
+watermark after every slice on every partition (see :mod:`dcrec.streams.slices`).
+
+An event-time replay is produced as fast as the producer can; a live replay is paced
+at ``speed`` times event time and also cut every ``tick`` seconds of wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.schema import CLICK, Click, Exposure, Watermark, encode
+from dcrec.streams.topics import CLICKS, DEVICE_TOPICS, EXPOSURES, device_partition, topic_name
+
+
+class ReplayProducer:
+    """Sends device events and slice watermarks for one run."""
+
+    def __init__(self, bootstrap: str, namespace: str, partitions: int) -> None:
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                                      batch_size=256 * 1024, acks=1)
+        self.namespace = namespace
+        self.partitions = partitions
+        self.clicks = topic_name(CLICKS, namespace)
+        self.exposures = topic_name(EXPOSURES, namespace)
+        self.slices = 0
+        self.last_ts = 0
+        self.closed = False
+
+    def event(self, pos: int, device: int, item: int, ts: int, kind: int) -> None:
+        """One click or exposure at stream position ``pos``."""
+        if kind == CLICK:
+            topic, value = self.clicks, encode(Click(device=device, item=item, ts=ts))
+        else:
+            topic, value = self.exposures, encode(Exposure(device=device, item=item, ts=ts))
+        self.raw(topic, device_partition(device, self.partitions), value,
+                 [("pos", str(pos).encode())], key=str(device).encode())
+
+    def raw(self, topic: str, partition: int, value: bytes,
+            headers: list[tuple[str, bytes]] | None = None, key: bytes | None = None) -> None:
+        """Any bytes onto a partition (used for hand-made and malformed input too)."""
+        self.producer.send(topic, value, key=key, partition=partition, headers=headers or [])
+
+    def watermark(self, ts: int, end: bool = False) -> int:
+        """Close the current slice on every partition of both device topics; the next
+        slice's number (``end``: no slice follows)."""
+        headers = [("slice", str(self.slices).encode())] + ([("end", b"1")] if end else [])
+        value = encode(Watermark(ts=int(ts)))
+        for name in DEVICE_TOPICS:
+            for p in range(self.partitions):
+                self.producer.send(topic_name(name, self.namespace), value, partition=p,
+                                   headers=headers)
+        self.slices += 1
+        self.last_ts = max(self.last_ts, int(ts))
+        return self.slices
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.producer.flush()
+            self.producer.close()
+
+
+def produce_slices(producer: ReplayProducer, slices: Iterable[EventBatch],
+                   speed: float | None = None, tick: float = 0.02,
+                   progress: Callable[[int], None] | None = None) -> dict[int, int]:
+    """Produce every slice with a watermark before each (carrying its first event
+    time); the caller ends the stream (``producer.watermark(..., end=True)``).
+    ``speed``: pace at that many times event time (live), with a watermark at least
+    every ``tick`` seconds. Returns events produced per device."""
+    produced: dict[int, int] = {}
+    started, origin = time.monotonic(), None
+    for batch in slices:
+        if len(batch) == 0:
+            continue
+        producer.watermark(int(batch.ts[0]))
+        last_cut = time.monotonic()
+        columns = zip(batch.index.tolist(), batch.user.tolist(), batch.item.tolist(),
+                      batch.ts.tolist(), batch.event.tolist(), strict=True)
+        for pos, device, item, ts, kind in columns:
+            if speed:
+                origin = ts if origin is None else origin
+                wait = started + (ts - origin) / speed - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                if time.monotonic() - last_cut >= tick:
+                    producer.watermark(ts)
+                    last_cut = time.monotonic()
+            producer.event(pos, device, item, ts, kind)
+            produced[device] = produced.get(device, 0) + 1
+        producer.last_ts = max(producer.last_ts, int(batch.ts[-1]))
+        if progress:
+            progress(len(batch))
+    producer.producer.flush()
+    return produced
+
