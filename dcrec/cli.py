@@ -100,6 +100,10 @@ def replay(
     speed: Annotated[str | None, typer.Option(
         help="kafka: live run at X times event time, or max; unset: event-time replay")] = None,
     workers: Annotated[int, typer.Option(help="kafka: device workers to start")] = 1,
+    broker: Annotated[str, typer.Option(envvar="DCREC_BROKER", help=(
+        "kafka: bootstrap server (default: `dcrec up`'s, else an embedded one)"))] = "",
+    redis_url: Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS", help=(
+        "kafka: Redis URL (default: `dcrec up`'s, else an embedded one)"))] = "",
     seed: int = 0,
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
     start: Annotated[str | None, typer.Option(help="first event time (unix or ISO)")] = None,
@@ -141,7 +145,7 @@ def replay(
               desc=f"{config.method} on {source.name}") as bar:
         try:
             result = run_replay(config, source, progress=bar.update,
-                                kafka=_kafka_settings(speed, workers))
+                                kafka=_kafka_settings(speed, workers, broker, redis_url))
         except ValueError as error:
             _fail(str(error))
     if report is not None:
@@ -151,11 +155,51 @@ def replay(
         console.print(f"report written to {report}")
 
 
-def _kafka_settings(speed: str | None, workers: int):
+def _kafka_settings(speed: str | None, workers: int, broker: str, redis_url: str):
     from dcrec.config import KafkaRuntimeSettings
 
-    rate = 0.0 if speed is None else float("inf") if speed == "max" else float(speed)
-    return _config(KafkaRuntimeSettings, speed=rate, workers=workers)
+    try:
+        rate = 0.0 if speed is None else float("inf") if speed == "max" else float(speed)
+    except ValueError:
+        _fail(f"--speed takes a number (times event time) or max, not {speed!r}")
+    return _config(KafkaRuntimeSettings, speed=rate, workers=workers, broker=broker,
+                   redis=redis_url)
+
+
+@app.command("bench")
+def bench(
+    runtime: Annotated[str, typer.Option(help="local or kafka")] = "local",
+    methods: Annotated[str, typer.Option(help="comma-separated presets")] = "gru4rec",
+    dataset: DatasetOption = "world",
+    world_users: WorldUsers = 20_000,
+    world_items: WorldItems = 2_000,
+    world_events: WorldEvents = 200_000,
+    max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    workers: Annotated[int, typer.Option(help="kafka: device workers")] = 2,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="Markdown file the results are appended to")] = Path(
+        "BENCHMARKS.md"),
+) -> None:
+    """Measure events/s and latency of a runtime per preset; append to BENCHMARKS.md."""
+    from dcrec.replay.bench import append_benchmarks, bench_kafka, bench_local, markdown_section
+
+    if runtime not in ("local", "kafka"):
+        _fail(f"unknown runtime {runtime!r}; known: local, kafka")
+    world = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
+    rows = []
+    for method in [m.strip() for m in methods.split(",") if m.strip()]:
+        config = _config(ReplayConfig, dataset=dataset, method=method, seed=seed,
+                         max_events=max_events, world=world)
+        console.print(f"bench {runtime} {method} …")
+        try:
+            rows.append(bench_local(config) if runtime == "local" else bench_kafka(
+                config, _kafka_settings(None, workers, "", "")))
+        except ValueError as error:
+            _fail(str(error))
+    section = markdown_section(rows)
+    append_benchmarks(section, out)
+    print(section)
+    console.print(f"appended to {out}")
 
 
 @app.command("methods")

@@ -171,9 +171,18 @@ def wait_assigned(client: redis.Redis, run: str, partitions: int, processes: Kaf
 
 
 def wait_finished(client: redis.Redis, run: str, partitions: int, end_slice: int,
-                  processes: KafkaRun, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not run_finished(client, run, partitions, end_slice):
+                  processes: KafkaRun, timeout: float,
+                  progress: Callable[[int], None] | None = None) -> None:
+    """Wait until every partition and the cloud are past ``end_slice``; ``progress`` is
+    called with the number of events newly committed by the workers."""
+    deadline, reported = time.monotonic() + timeout, 0
+    while True:
+        if progress is not None:
+            applied = int(client.hget(RunKeys(run)("stats"), "events") or 0)
+            progress(applied - reported)
+            reported = applied
+        if run_finished(client, run, partitions, end_slice):
+            return
         processes.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run} not finished after {timeout:.0f} s")
@@ -262,7 +271,8 @@ class KafkaSession:
     def partitions(self) -> int:
         return _partitions(self.settings)
 
-    def finish(self, timeout: float = 3600.0, produced: dict[int, int] | None = None) -> dict:
+    def finish(self, timeout: float = 3600.0, produced: dict[int, int] | None = None,
+               progress: Callable[[int], None] | None = None) -> dict:
         """Close the stream, wait until workers and cloud are through it, and report.
         With ``produced`` (valid events sent per device) the report says how many
         devices' applied-event counters in Redis differ from it (lost or doubled)."""
@@ -270,7 +280,7 @@ class KafkaSession:
         end_slice = self.producer.slices - 1
         self.producer.close()
         wait_finished(self.client, self.run, self.partitions, end_slice, self.processes,
-                      timeout)
+                      timeout, progress)
         wall = time.perf_counter() - self.started
         report = kafka_report(self.client, self.run, self.config, self.source,
                               self.state_bytes, wall)
@@ -333,5 +343,5 @@ def run_kafka_replay(config: ReplayConfig, source: ReplaySource,
         aligned = settings.speed == 0
         speed = None if aligned or settings.speed == float("inf") else settings.speed
         slices = event_time_slices(source.batches(config.micro_batch), config.cloud_interval)
-        produced = produce_slices(session.producer, slices, speed=speed, progress=progress)
-        return session.finish(timeout, produced)
+        produced = produce_slices(session.producer, slices, speed=speed)
+        return session.finish(timeout, produced, progress)  # progress: events applied

@@ -1,0 +1,111 @@
+"""``dcrec bench``: throughput and latency of a runtime, appended to ``BENCHMARKS.md``
+with the machine, the command and the date.
+
+- **local**: a replay on the simulated clock; events/s over the whole run and over the
+  device path alone, micro-batch latency.
+- **kafka**: two live replays through the broker, the workers and Redis. *Throughput*:
+  unpaced, events/s from the first event produced to the last state committed.
+  *Latency*: paced at ``latency_load`` of that throughput, so queues stay short; p50/p99
+  of event-to-state latency (producer send → the Redis commit holding the event's
+  effect). An unpaced run's latency only measures how long its queue grew.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dcrec.replay.driver import open_source, run_replay
+
+from dcrec.config import KafkaRuntimeSettings, ReplayConfig
+
+
+def machine() -> str:
+    """CPU model, cores and memory of this machine, in one line."""
+    import psutil
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    return (f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def event_span(config: ReplayConfig) -> float:
+    """Seconds of event time the replay's stream covers."""
+    source = open_source(config)
+    first = last = None
+    for batch in source.batches(config.micro_batch):
+        if len(batch):
+            first = int(batch.ts[0]) if first is None else first
+            last = int(batch.ts[-1])
+    return float(max((last or 0) - (first or 0), 1))
+
+
+def bench_local(config: ReplayConfig) -> dict:
+    report = run_replay(config)
+    perf = report["perf"]
+    return {"runtime": "local", "method": config.method, "dataset": report["dataset"],
+            "events": report["events"]["clicks"] + report["events"]["exposures"],
+            "events_per_second": perf["events_per_second"],
+            "device_events_per_second": perf["device_events_per_second"],
+            "p50_ms": perf["p50_ms"], "p99_ms": perf["p99_ms"], "latency": "micro-batch",
+            "peak_rss_mb": perf["peak_rss_mb"],
+            "state_bytes_per_device": perf["state_bytes_per_device"]}
+
+
+def bench_kafka(config: ReplayConfig, settings: KafkaRuntimeSettings,
+                latency_load: float = 0.5) -> dict:
+    from dcrec.replay.kafka_replay import run_kafka_replay
+
+    unpaced = run_kafka_replay(config, open_source(config),
+                               settings.model_copy(update={"speed": float("inf")}))
+    throughput = unpaced["perf"]["events_per_second"]
+    events = unpaced["events"]["clicks"] + unpaced["events"]["exposures"]
+    # speed-up that produces latency_load × throughput events per wall second
+    speed = latency_load * throughput * event_span(config) / max(events, 1)
+    paced = run_kafka_replay(config, open_source(config),
+                             settings.model_copy(update={"speed": speed}))
+    counters = paced["kafka"]["device_counters"]
+    return {"runtime": "kafka", "method": config.method, "dataset": unpaced["dataset"],
+            "events": events, "events_per_second": throughput,
+            "device_events_per_second": throughput,
+            "p50_ms": paced["perf"]["p50_ms"], "p99_ms": paced["perf"]["p99_ms"],
+            "latency": f"event→state at {paced['perf']['events_per_second']:,.0f} ev/s",
+            "peak_rss_mb": unpaced["perf"]["peak_rss_mb"],
+            "state_bytes_per_device": unpaced["perf"]["state_bytes_per_device"],
+            "workers": settings.workers, "partitions": unpaced["kafka"]["partitions"],
+            "lost_or_doubled_devices": counters["mismatched_devices"]}
+
+
+def markdown_section(rows: list[dict], command: str | None = None) -> str:
+    """A dated section of BENCHMARKS.md: machine, command, one table row per result."""
+    command = command or "dcrec " + shlex.join(sys.argv[1:])
+    lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
+             f"- machine: {machine()}", f"- command: `{command}`", "",
+             "| runtime | method | dataset | events | events/s | device path events/s "
+             "| p50 ms | p99 ms | latency of | peak RSS MB | state B/device |",
+             "|" + " --- |" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['runtime']} | {r['method']} | {r['dataset']} | {r['events']:,} "
+            f"| {r['events_per_second']:,.0f} | {r['device_events_per_second']:,.0f} "
+            f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['latency']} "
+            f"| {r['peak_rss_mb']:,.0f} | {r['state_bytes_per_device']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def append_benchmarks(section: str, path: Path = Path("BENCHMARKS.md")) -> None:
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nWritten by `dcrec bench`; newest last.\n")
+    with path.open("a") as out:
+        out.write("\n" + section)
