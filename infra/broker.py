@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcrec.infra.process import ServiceProcess, free_port, spawn, wait_for_port
+from dcrec.infra.process import ServiceProcess, free_port, start_service
 
 
 def tansu_binary() -> str:
@@ -23,15 +23,7 @@ def start_broker(log_dir: Path, port: int | None = None, timeout: float = 20.0,
     """Start Tansu with memory storage on ``127.0.0.1:port``; returns once it listens."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    process = spawn("broker", [tansu_binary(), "broker", "--listener-url", url,
-                               "--advertised-listener-url", url,
-                               "--storage-engine", "memory://tansu/"], log_dir,
-                    env={"RUST_LOG": "warn"})
-    service = ServiceProcess("broker", f"127.0.0.1:{port}", process.pid,
-                             str(log_dir / "broker.log"), process)
-    try:
-        wait_for_port("127.0.0.1", port, timeout, process)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return start_service("broker", f"127.0.0.1:{port}", port,
+                         [tansu_binary(), "broker", "--listener-url", url,
+                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                         log_dir, "broker", timeout, env={"RUST_LOG": "warn"})

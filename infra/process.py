@@ -73,10 +73,22 @@ class ServiceProcess:
             self.process.wait()
 
 
-def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
-          ) -> subprocess.Popen:
-    """Start ``args`` detached from the terminal's signals, output to ``log_dir/name.log``."""
+def start_service(name: str, url: str, port: int, args: list[str], log_dir: Path,
+                  log_name: str, timeout: float, env: dict[str, str] | None = None,
+                  ) -> ServiceProcess:
+    """Start ``args`` detached from the terminal's signals (output to
+    ``log_dir/log_name.log``); return once it listens on ``127.0.0.1:port``, or stop it
+    and raise."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    log_path = log_dir / f"{log_name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                   start_new_session=True)
+    service = ServiceProcess(name, url, process.pid, str(log_path), process)
+    try:
+        wait_for_port("127.0.0.1", port, timeout, process)
+    except BaseException:
+        service.stop()
+        raise
+    return service

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcrec.infra.process import ServiceProcess, free_port, spawn, wait_for_port
+from dcrec.infra.process import ServiceProcess, free_port, start_service
 
 
 def valkey_binary() -> str:
@@ -32,14 +32,7 @@ def start_redis(log_dir: Path, port: int | None = None, timeout: float = 10.0,
         persistence = ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
                        "--dir", str(data_dir.resolve()),
                        "--appendfilename", f"redis-{port}.aof"]
-    process = spawn(f"redis-{port}", [valkey_binary(), "--port", str(port),
-                                      "--bind", "127.0.0.1", *persistence,
-                                      "--protected-mode", "yes"], log_dir)
-    service = ServiceProcess("redis", f"redis://127.0.0.1:{port}/0", process.pid,
-                             str(log_dir / f"redis-{port}.log"), process)
-    try:
-        wait_for_port("127.0.0.1", port, timeout, process)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return start_service("redis", f"redis://127.0.0.1:{port}/0", port,
+                         [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                          *persistence, "--protected-mode", "yes"],
+                         log_dir, f"redis-{port}", timeout)
