@@ -107,10 +107,18 @@ def run_cloud(run: str, redis_url: str) -> None:
 
 
 def spawn_role(role: str, run: str, redis_url: str, log_dir: Path) -> subprocess.Popen:
-    """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process."""
+    """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process.
+
+    Workers only run inference and use one torch thread each. The cloud trains with
+    this process's torch threads, the count the local runtime trains with: float
+    reductions differ between thread counts, and the two runtimes' metrics are equal
+    only when the training arithmetic is."""
+    import torch
+
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / f"{role}-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
-    env = {**os.environ, "DCREC_THREADS": "1"}
+    threads = torch.get_num_threads() if role == "cloud" else 1
+    env = {**os.environ, "DCREC_THREADS": str(threads)}
     return subprocess.Popen(
         [sys.executable, "-c", "from dcrec.cli import app; app()", role, "--run", run,
          "--redis", redis_url], stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -171,22 +179,45 @@ def wait_assigned(client: redis.Redis, run: str, partitions: int, processes: Kaf
 
 
 def wait_finished(client: redis.Redis, run: str, partitions: int, end_slice: int,
-                  processes: KafkaRun, timeout: float,
-                  progress: Callable[[int], None] | None = None) -> None:
-    """Wait until every partition and the cloud are past ``end_slice``; ``progress`` is
-    called with the number of events newly committed by the workers."""
-    deadline, reported = time.monotonic() + timeout, 0
-    while True:
-        if progress is not None:
-            applied = int(client.hget(RunKeys(run)("stats"), "events") or 0)
-            progress(applied - reported)
-            reported = applied
-        if run_finished(client, run, partitions, end_slice):
-            return
+                  processes: KafkaRun, timeout: float) -> None:
+    """Wait until every partition and the cloud are past ``end_slice``."""
+    deadline = time.monotonic() + timeout
+    while not run_finished(client, run, partitions, end_slice):
         processes.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run} not finished after {timeout:.0f} s")
         time.sleep(0.1)
+
+
+@contextmanager
+def applied_progress(client: redis.Redis, run: str,
+                     progress: Callable[[int], None] | None) -> Iterator[None]:
+    """Call ``progress`` with the events the workers newly committed, twice a second,
+    until the block ends."""
+    if progress is None:
+        yield
+        return
+    stop = threading.Event()
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        applied = int(client.hget(RunKeys(run)("stats"), "events") or 0)
+        progress(applied - reported)
+        reported = applied
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            report()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        report()
 
 
 def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: ReplaySource,
@@ -249,6 +280,9 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
             "state_bytes_per_device": state_bytes,
         },
         "groups": evaluator.activity_groups(clicks_seen, config.activity_groups),
+        # mean event time from a cloud job falling due to its outputs reaching devices
+        "release_lag_seconds": (stats.get("release_lag_seconds", 0)
+                                / max(stats.get("releases_applied", 0), 1)),
         "config": config.model_dump(),
     }
 
@@ -272,7 +306,7 @@ class KafkaSession:
         return _partitions(self.settings)
 
     def finish(self, timeout: float = 3600.0, produced: dict[int, int] | None = None,
-               progress: Callable[[int], None] | None = None) -> dict:
+               ) -> dict:
         """Close the stream, wait until workers and cloud are through it, and report.
         With ``produced`` (valid events sent per device) the report says how many
         devices' applied-event counters in Redis differ from it (lost or doubled)."""
@@ -280,13 +314,14 @@ class KafkaSession:
         end_slice = self.producer.slices - 1
         self.producer.close()
         wait_finished(self.client, self.run, self.partitions, end_slice, self.processes,
-                      timeout, progress)
+                      timeout)
         wall = time.perf_counter() - self.started
         report = kafka_report(self.client, self.run, self.config, self.source,
                               self.state_bytes, wall)
         speed = self.settings.speed
         report["kafka"] = {"run": self.run, "workers": self.settings.workers,
                            "partitions": self.partitions, "slices": end_slice,
+                           "release_lag_seconds": report.pop("release_lag_seconds"),
                            "mode": "event-time" if speed == 0 else f"live x{speed:g}"}
         if produced is not None:
             applied = {d: int(h["events"]) for d, h in RedisDeviceStore(
@@ -337,11 +372,12 @@ def run_kafka_replay(config: ReplayConfig, source: ReplaySource,
     is an event-time replay (the local runtime's results); otherwise a live run paced
     at that speed-up (``inf``: unpaced) whose cloud outputs land when they are ready.
     ``while_running`` is called in a thread once the stream starts (fault injection)."""
-    with kafka_session(config, source, settings, run) as session:
+    with (kafka_session(config, source, settings, run) as session,
+          applied_progress(session.client, session.run, progress)):
         if while_running is not None:
             threading.Thread(target=while_running, args=(session,), daemon=True).start()
         aligned = settings.speed == 0
         speed = None if aligned or settings.speed == float("inf") else settings.speed
         slices = event_time_slices(source.batches(config.micro_batch), config.cloud_interval)
         produced = produce_slices(session.producer, slices, speed=speed)
-        return session.finish(timeout, produced, progress)  # progress: events applied
+        return session.finish(timeout, produced)

@@ -212,6 +212,7 @@ class CloudProcess:
             if hints:
                 pipe.hset(self.keys("cloud", "hints", k), mapping=hints)
             pipe.zadd(self.keys("cloud", "jobs"), {k: k})
+            pipe.hset(self.keys("cloud", "job_time"), k, at)  # event time it was due
             pipe.execute()
 
     def _flush_stats(self) -> None:

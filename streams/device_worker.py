@@ -230,9 +230,18 @@ class DeviceWorker:
         applied = first.applied_boundary
         versions = dict(first.versions)
         new_hints: dict[int, bytes] = {}
+        lag: Counter[str] = Counter()
         if upper > applied:
             outputs = await self._redis(lambda: self.client.zrangebyscore(
                 self.keys("cloud", "jobs"), applied + 1, upper))
+            if outputs and watermark is not None:
+                # drift of a live run: event time between a job falling due and its
+                # outputs reaching devices (an event-time replay: the gap to the next event)
+                due = await self._redis(lambda: self.client.hmget(
+                    self.keys("cloud", "job_time"), outputs))
+                lag.update(release_lag_seconds=sum(max(0, watermark - int(t))
+                                                   for t in due if t is not None),
+                           releases_applied=len(outputs))
             for boundary in outputs:
                 b = int(boundary)
                 release = await self._redis(lambda b=b: self.client.hgetall(
@@ -250,6 +259,7 @@ class DeviceWorker:
                                cfg.n_devices, cfg.n_items)
         pending_raw, (devices, header, rows), out_stats = await self._run_batch(
             decoded, new_hints, k)
+        out_stats["counters"].update(lag)
 
         def commit() -> None:
             # WATCH: if the connection drops around EXEC, redis-py raises instead of

@@ -22,8 +22,11 @@ class ReplayProducer:
     def __init__(self, bootstrap: str, namespace: str, partitions: int) -> None:
         from kafka import KafkaProducer
 
+        # one request in flight per connection: a retried batch can never overtake the
+        # next one, so per-device order holds without the idempotent producer
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                      batch_size=256 * 1024, acks=1)
+                                      batch_size=256 * 1024, acks=1, enable_idempotence=False,
+                                      max_in_flight_requests_per_connection=1)
         self.namespace = namespace
         self.partitions = partitions
         self.clicks = topic_name(CLICKS, namespace)

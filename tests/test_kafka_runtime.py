@@ -62,7 +62,7 @@ def _slices_done(session: KafkaSession) -> int:
     return min(Progress.decode(raw).next_slice for raw in raws)
 
 
-def _wait_slices(session: KafkaSession, n: int, timeout: float = 120.0) -> None:
+def _wait_slices(session: KafkaSession, n: int, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while _slices_done(session) < n:
         assert time.monotonic() < deadline, f"fewer than {n} slices done in {timeout:.0f} s"
@@ -76,7 +76,7 @@ def local_report() -> dict:
 
 @pytest.fixture(scope="module")
 def clean_run(services: Services) -> dict:
-    return run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=300)
+    return run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=900)
 
 
 def test_event_time_replay_gives_the_local_runtime_metrics(clean_run, local_report):
@@ -97,7 +97,7 @@ def test_a_worker_killed_mid_run_restarts_to_the_same_state(services, clean_run,
         killed["at"] = _slices_done(session)
         session.processes.add_worker()
 
-    report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=300,
+    report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=900,
                               while_running=kill_one_worker)
     assert killed["at"] < report["kafka"]["slices"]  # killed before the end
     _same_metrics(report, local_report)
@@ -118,7 +118,7 @@ def test_redis_stopped_and_restarted_mid_run_loses_nothing(services, local_repor
         services.start_redis()
         outage["after"] = _slices_done(session)
 
-    report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=300,
+    report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=900,
                               while_running=restart_redis)
     assert "after" in outage
     _same_metrics(report, local_report)
@@ -177,7 +177,7 @@ def test_malformed_messages_go_to_dead_letters_and_every_valid_event_is_applied(
                     injected[reason] += 1
                 n += 1
             producer.last_ts = int(batch.ts[-1])
-        report = session.finish(timeout=300, produced=dict(produced))
+        report = session.finish(timeout=900, produced=dict(produced))
     assert sum(injected.values()) == 1_000 and len(injected) == 9  # two malformed kinds
 
     assert report["events"]["clicks"] + report["events"]["exposures"] == 10_000
