@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from dcrec.state.device_state import spec_nbytes
 from dcrec.state.redis_store import HEADER, RedisDeviceStore, RunKeys, redis_client
 from dcrec.streams.presets import build_pipeline
 from dcrec.streams.replay_producer import ReplayProducer, produce_slices
-from dcrec.streams.run_keys import Progress, latency_percentile
+from dcrec.streams.run_keys import latency_percentile, read_progress
 from dcrec.streams.slices import event_time_slices
 from dcrec.streams.topics import CLICKS, create_topics
 
@@ -126,9 +127,9 @@ def spawn_role(role: str, run: str, redis_url: str, log_dir: Path) -> subprocess
 
 def run_finished(client: redis.Redis, run: str, partitions: int, end_slice: int) -> bool:
     keys = RunKeys(run)
-    raws = client.hmget(keys("progress"), list(range(partitions)))
+    progress = read_progress(client, keys, range(partitions))
     boundary = client.get(keys("cloud", "boundary"))
-    return (all(Progress.decode(r).next_slice >= end_slice for r in raws)
+    return (all(p.next_slice >= end_slice for p in progress)
             and boundary is not None and int(boundary) >= end_slice)
 
 
@@ -335,6 +336,10 @@ class KafkaSession:
         return report
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def kafka_session(config: ReplayConfig, source: ReplaySource,
                   settings: KafkaRuntimeSettings, run: str | None = None,
@@ -344,6 +349,10 @@ def kafka_session(config: ReplayConfig, source: ReplaySource,
     run = run or f"r{uuid.uuid4().hex[:8]}"
     log_dir = Path("runs") / "kafka" / run
     pipeline = build_pipeline(config.method, preset_context(config, source))
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the workers, cloud and embedded services this
+        # run started are stopped rather than left running
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with endpoints(settings, log_dir) as ends:
         client = redis_client(ends.redis, settings.redis_backoff_max)
         create_topics(ends.broker, settings, namespace=run)

@@ -25,7 +25,7 @@ from dcrec.state.registry import ModelRegistry
 from dcrec.streams.device_messages import after_position, decode_slice, header, marker_slice
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import CloudJob, Outputs
-from dcrec.streams.run_keys import Progress
+from dcrec.streams.run_keys import read_progress
 from dcrec.streams.schema import Hint, Release, Upload
 from dcrec.streams.schema import decode as decode_event
 from dcrec.streams.schema import encode as encode_event
@@ -56,9 +56,13 @@ class CloudProcess:
         self.partitions = partitions
         self.n_devices, self.n_items = n_devices, n_items
         self.last_pos = np.full(n_devices, -1, np.int64)  # per device, as the workers keep
+        # fetch_max_wait_ms stays at Kafka's 500 ms: a fetch returns as soon as data is
+        # there, and the embedded broker (Tansu 0.6, memory storage) answers a fetch with
+        # no records when reading a long log takes longer than the wait (seen at 20 ms
+        # on a 300k-message partition: the cloud stalled)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                       group_id=None, client_id=f"dcrec-cloud-{run}",
-                                      fetch_max_wait_ms=20)
+                                      fetch_max_wait_ms=500)
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self.device_tps = [TopicPartition(topic_name(t, namespace), p)
                            for t in DEVICE_TOPICS for p in range(partitions)]
@@ -124,8 +128,8 @@ class CloudProcess:
 
     def _workers_done(self, k: int) -> bool:
         """Every partition's committed progress is past slice ``k - 1``."""
-        raws = self.client.hmget(self.keys("progress"), list(range(self.partitions)))
-        return all(Progress.decode(raw).next_slice >= k for raw in raws)
+        return all(p.next_slice >= k
+                   for p in read_progress(self.client, self.keys, range(self.partitions)))
 
     def _catch_up_uploads(self) -> None:
         """Poll until every upload on the broker now is read: workers flush their uploads

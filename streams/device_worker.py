@@ -43,7 +43,7 @@ from dcrec.streams.device_messages import (
     marker_slice,
 )
 from dcrec.streams.processor import DeviceBatch, DeviceProcessor
-from dcrec.streams.run_keys import Progress, latency_buckets
+from dcrec.streams.run_keys import Progress, latency_buckets, progress_keys, read_progress
 from dcrec.streams.schema import (
     CLICK,
     Hint,
@@ -131,9 +131,9 @@ class DeviceWorker:
         """Take over ``partitions``: their progress as last committed in Redis."""
         new = sorted(set(partitions) - set(self.progress))
         if new:
-            raws = await self._redis(lambda: self.client.hmget(self.keys("progress"), new))
-            for p, raw in zip(new, raws, strict=True):
-                self.progress[p] = Progress.decode(raw)
+            done = await self._redis(lambda: read_progress(self.client, self.keys, new))
+            for p, progress in zip(new, done, strict=True):
+                self.progress[p] = progress
                 self.buffers[p] = PartitionBuffer({t: deque() for t in self.topics.values()})
             owner = f"{socket.gethostname()}:{os.getpid()}"
             await self._redis(lambda: self.client.hset(self.keys("owners"),
@@ -262,12 +262,13 @@ class DeviceWorker:
         out_stats["counters"].update(lag)
 
         def commit() -> None:
-            # WATCH: if the connection drops around EXEC, redis-py raises instead of
-            # retrying, and the retried commit finds the slice already done
+            # WATCH the group's progress keys: a commit retried after a lost EXEC reply,
+            # or a previous owner finishing this slice after a rebalance, finds the slice
+            # done (or its EXEC refused) instead of applying it twice
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.watch(self.keys("progress"))
-                done = Progress.decode(pipe.hget(self.keys("progress"), group[0]))
-                if done.next_slice > k:
+                watched = progress_keys(self.keys, group)
+                pipe.watch(*watched)
+                if Progress.decode(pipe.get(watched[0])).next_slice > k:
                     return
                 pipe.multi()
                 self.store.write(pipe, devices, header, rows)
@@ -290,7 +291,7 @@ class DeviceWorker:
                     pr = self.progress[p]
                     offsets = {**pr.offsets, **t[3]}
                     new = Progress(k + 1, offsets, clock.next_job, applied, versions, None)
-                    pipe.hset(self.keys("progress"), p, new.encode())
+                    pipe.set(self.keys("progress", p), new.encode())
                 pipe.execute()
 
         await self._redis(commit)

@@ -3,10 +3,12 @@ partition progress, cloud-job outputs, counters and evaluation totals."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
+import redis
 
 # event-to-state latency histogram: bucket b holds latencies in [1.05^(b-1), 1.05^b) ms
 LATENCY_BASE = 1.05
@@ -31,6 +33,18 @@ class Progress:
     @classmethod
     def decode(cls, raw: bytes | None) -> Progress:
         return cls(**msgspec.msgpack.decode(raw)) if raw else cls()
+
+
+def progress_keys(keys: Callable[..., str], partitions: Iterable[int]) -> list[str]:
+    """The Redis keys of partitions' :class:`Progress` (one key each, so a worker's
+    commit WATCHes only its own partitions)."""
+    return [keys("progress", p) for p in partitions]
+
+
+def read_progress(client: redis.Redis, keys: Callable[..., str], partitions: Iterable[int],
+                  ) -> list[Progress]:
+    """The committed progress of ``partitions``, in order."""
+    return [Progress.decode(raw) for raw in client.mget(progress_keys(keys, partitions))]
 
 
 def latency_buckets(latency_ms: np.ndarray) -> dict[int, int]:

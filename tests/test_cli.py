@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from dcrec.cli import app
 
 runner = CliRunner()
-VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"]]
+VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"], ["bench"],
+         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "dcrec")
@@ -61,6 +62,8 @@ def test_replay_of_a_csv_with_malformed_lines_counts_them(tmp_path):
     (["replay", "--dataset", "world", "--columns", "user"], "role=column"),
     (["eval", "--protocol", "kfold", "--dataset", "world"], "unknown protocol"),
     (["data", "get", "ml-25m"], "unknown dataset"),
+    (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
+    (["bench", "--runtime", "flink"], "unknown runtime"),
 ])
 def test_bad_arguments_give_a_clear_error(args, message):
     result = runner.invoke(app, args)
@@ -133,3 +136,15 @@ def _stopped(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_bench_appends_a_dated_section_with_machine_and_command(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    args = ["bench", "--methods", "popularity", "--world-users", "50",
+            "--world-items", "150", "--world-events", "2000", "--out", str(out)]
+    for _ in range(2):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert text.count("- machine: ") == 2 and text.count("- command: `dcrec ") == 2
+    assert text.count("| local | popularity | world | 2,000 |") == 2

@@ -15,7 +15,7 @@ import pytest
 from dcrec.replay.driver import open_source, run_replay
 from dcrec.replay.kafka_replay import KafkaSession, kafka_session, run_kafka_replay
 from dcrec.state.redis_store import RunKeys
-from dcrec.streams.run_keys import Progress
+from dcrec.streams.run_keys import read_progress
 from dcrec.streams.schema import (
     Click,
     DeadLetter,
@@ -57,9 +57,8 @@ def _states(services: Services, run: str) -> dict[bytes, bytes]:
 
 
 def _slices_done(session: KafkaSession) -> int:
-    raws = session.client.hmget(RunKeys(session.run)("progress"),
-                                list(range(session.partitions)))
-    return min(Progress.decode(raw).next_slice for raw in raws)
+    return min(p.next_slice for p in read_progress(session.client, RunKeys(session.run),
+                                                   range(session.partitions)))
 
 
 def _wait_slices(session: KafkaSession, n: int, timeout: float = 600.0) -> None:
