@@ -151,10 +151,13 @@ class KafkaRun:
         return process
 
     def check(self) -> None:
-        """Fail if the cloud process died before the end."""
+        """Fail if the cloud process died before the end, or every worker did (one
+        worker's death only moves its partitions to the others)."""
         if self.cloud is not None and self.cloud.poll() not in (None, 0):
             raise RuntimeError(f"the cloud process exited with {self.cloud.returncode}; "
                                f"see {self.log_dir}")
+        if self.workers and all(w.poll() is not None for w in self.workers):
+            raise RuntimeError(f"every device worker exited; see {self.log_dir}")
 
     def stop(self) -> None:
         for process in [*self.workers, *([self.cloud] if self.cloud else [])]:

@@ -42,6 +42,7 @@ from dcrec.streams.device_messages import (
     decode_slice,
     marker_slice,
 )
+from dcrec.streams.local_runtime import CandidateSampler
 from dcrec.streams.processor import DeviceBatch, DeviceProcessor
 from dcrec.streams.run_keys import Progress, latency_buckets, progress_keys, read_progress
 from dcrec.streams.schema import (
@@ -65,7 +66,6 @@ from dcrec.streams.topics import (
 
 log = logging.getLogger(__name__)
 
-CandidateSampler = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 # (topic, value, key, partition, headers) -> None; flushed before each commit
 Send = Callable[[str, bytes, bytes | None, int | None, list[tuple[str, bytes]]], None]
 
