@@ -146,8 +146,10 @@ def replay(
         try:
             result = run_replay(config, source, progress=bar.update,
                                 kafka=_kafka_settings(speed, workers, broker, redis_url))
-        except ValueError as error:
+        except (ValueError, TimeoutError) as error:
             _fail(str(error))
+        except RuntimeError as error:  # a kafka run's service or process failed
+            _fail(f"{error}")
     if report is not None:
         write_json(result, report)
     print(replay_markdown(result))

@@ -17,8 +17,8 @@ app.add_typer(topics_app, name="topics")
 ServicesFile = Annotated[Path | None, typer.Option(
     help="where `dcrec up` records URLs and PIDs (default: services.json in the cache)")]
 RunOption = Annotated[str, typer.Option(help="the run id (a replay prints it)")]
-RedisOption = Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS",
-                                          help="Redis URL of the run")]
+RedisOption = Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS", help=(
+    "Redis URL of the run (default: `dcrec up`'s, else redis://127.0.0.1:6379/0)"))]
 
 
 @app.command()
@@ -80,18 +80,36 @@ def topics_create(
               f"{' '.join(f'{k}={v}' for k, v in topic_configs(spec).items())}  {state}")
 
 
+def _run_redis(redis_url: str) -> str:
+    """The Redis of a run: the given URL, else `dcrec up`'s, else the local default."""
+    from dcrec.infra.services import recorded, services_path
+
+    if redis_url:
+        return redis_url
+    running = recorded(services_path())
+    return running["redis"].url if "redis" in running else "redis://127.0.0.1:6379/0"
+
+
 @app.command()
-def worker(run: RunOption, redis_url: RedisOption = "redis://127.0.0.1:6379/0") -> None:
+def worker(run: RunOption, redis_url: RedisOption = "") -> None:
     """A device worker (faust agent keyed by device id) of a kafka run; start more to
     scale out."""
     from dcrec.replay.kafka_replay import run_worker
 
-    run_worker(run, redis_url)
+    try:
+        run_worker(run, _run_redis(redis_url))
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
-def cloud(run: RunOption, redis_url: RedisOption = "redis://127.0.0.1:6379/0") -> None:
+def cloud(run: RunOption, redis_url: RedisOption = "") -> None:
     """The cloud jobs of a kafka run, as their own process."""
     from dcrec.replay.kafka_replay import run_cloud
 
-    run_cloud(run, redis_url)
+    try:
+        run_cloud(run, _run_redis(redis_url))
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
