@@ -107,19 +107,21 @@ def test_up_starts_the_embedded_broker_and_redis_and_down_stops_them(tmp_path, m
     monkeypatch.setenv("DCREC_DATA", str(tmp_path))
     monkeypatch.delenv("DCREC_REDIS", raising=False)
     started = runner.invoke(app, ["up"])
-    assert started.exit_code == 0, started.output
-    assert "broker  127.0.0.1:" in started.output
-    assert "redis   redis://127.0.0.1:" in started.output
-    recorded = json.loads((tmp_path / "services.json").read_text())
-    pids = [recorded["broker"]["pid"], recorded["redis"]["pid"]]
-    assert runner.invoke(app, ["up"]).exit_code == 2  # already up
-    created = runner.invoke(app, ["topics", "create", "--namespace", "t"])
-    assert created.exit_code == 0, created.output
-    assert "t.events.click" in created.output and "created" in created.output
-    assert "cleanup.policy=compact" in created.output  # cloud.releases, control.threshold
-    again = runner.invoke(app, ["topics", "create", "--namespace", "t"])
-    assert "created" not in again.output and "exists" in again.output
-    stopped = runner.invoke(app, ["down"])
+    try:
+        assert started.exit_code == 0, started.output
+        assert "broker  127.0.0.1:" in started.output
+        assert "redis   redis://127.0.0.1:" in started.output
+        recorded = json.loads((tmp_path / "services.json").read_text())
+        pids = [recorded["broker"]["pid"], recorded["redis"]["pid"]]
+        assert runner.invoke(app, ["up"]).exit_code == 2  # already up
+        created = runner.invoke(app, ["topics", "create", "--namespace", "t"])
+        assert created.exit_code == 0, created.output
+        assert "t.events.click" in created.output and "created" in created.output
+        assert "cleanup.policy=compact" in created.output  # cloud.releases, control.threshold
+        again = runner.invoke(app, ["topics", "create", "--namespace", "t"])
+        assert "created" not in again.output and "exists" in again.output
+    finally:
+        stopped = runner.invoke(app, ["down"])
     assert stopped.exit_code == 0 and "broker" in stopped.output
     for pid in pids:  # gone, or a zombie of this test process awaiting its reaping
         assert _stopped(pid)
