@@ -178,6 +178,8 @@ def bench(
     world_events: WorldEvents = 200_000,
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
     workers: Annotated[int, typer.Option(help="kafka: device workers")] = 2,
+    latency_load: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="kafka: latency is measured at this share of throughput")] = 0.5,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Markdown file the results are appended to")] = Path(
         "BENCHMARKS.md"),
@@ -195,7 +197,7 @@ def bench(
         console.print(f"bench {runtime} {method} …")
         try:
             rows.append(bench_local(config) if runtime == "local" else bench_kafka(
-                config, _kafka_settings(None, workers, "", "")))
+                config, _kafka_settings(None, workers, "", ""), latency_load))
         except ValueError as error:
             _fail(str(error))
     section = markdown_section(rows)

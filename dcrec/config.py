@@ -155,9 +155,11 @@ class FaustSettings(_Strict):
     # offsets reach Kafka only after the state they cover is in Redis (manual acks), so
     # committing often only shortens what a restarted worker has to skip
     broker_commit_interval: float = Field(1.0, gt=0)
-    # a partition's events are processed when its watermark arrives or its buffer is
-    # this full (live runs)
-    max_batch: int = Field(2048, ge=1)
+    # how long the broker may hold a fetch with no new records; faust fixes 1500 ms, and
+    # the embedded broker holds a fetch for a share of the wait even when records are
+    # there (aiokafka on Tansu 0.6, 3,000 msg/s: p50/p99 produce-to-consume 131/259 ms
+    # at 500 ms, 30/57 at 100 ms, 11/18 at 20 ms)
+    fetch_max_wait: float = Field(0.02, gt=0, le=10)
 
 
 class KafkaRuntimeSettings(_Strict):

@@ -107,18 +107,12 @@ def run_cloud(run: str, redis_url: str) -> None:
                  config.cloud_interval, spec["aligned"]).run()
 
 
-def spawn_role(role: str, run: str, redis_url: str, log_dir: Path) -> subprocess.Popen:
-    """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process.
-
-    Workers only run inference and use one torch thread each. The cloud trains with
-    this process's torch threads, the count the local runtime trains with: float
-    reductions differ between thread counts, and the two runtimes' metrics are equal
-    only when the training arithmetic is."""
-    import torch
-
+def spawn_role(role: str, run: str, redis_url: str, log_dir: Path, threads: int = 1,
+               ) -> subprocess.Popen:
+    """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process using
+    ``threads`` torch threads."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / f"{role}-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
-    threads = torch.get_num_threads() if role == "cloud" else 1
     env = {**os.environ, "DCREC_THREADS": str(threads)}
     return subprocess.Popen(
         [sys.executable, "-c", "from dcrec.cli import app; app()", role, "--run", run,
@@ -134,16 +128,27 @@ def run_finished(client: redis.Redis, run: str, partitions: int, end_slice: int)
 
 
 class KafkaRun:
-    """One run's processes: the cloud process and the device workers."""
+    """One run's processes: the cloud process and the device workers.
 
-    def __init__(self, run: str, redis_url: str, log_dir: Path) -> None:
+    Workers only infer and use one torch thread each. In an event-time replay the cloud
+    trains with this process's torch threads, the count the local runtime trains with:
+    float reductions differ between thread counts, and the two runtimes' metrics are
+    equal only when the training arithmetic is. In a live run it uses one, leaving the
+    other cores to the workers' latency."""
+
+    def __init__(self, run: str, redis_url: str, log_dir: Path, aligned: bool) -> None:
+        import torch
+
         self.run, self.redis_url, self.log_dir = run, redis_url, log_dir
+        self.cloud_threads = torch.get_num_threads() if aligned else 1
         self.cloud: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
     def start(self, workers: int) -> None:
-        self.cloud = spawn_role("cloud", self.run, self.redis_url, self.log_dir)
-        self.workers = [self.add_worker() for _ in range(workers)]
+        self.cloud = spawn_role("cloud", self.run, self.redis_url, self.log_dir,
+                                self.cloud_threads)
+        for _ in range(workers):
+            self.add_worker()
 
     def add_worker(self) -> subprocess.Popen:
         process = spawn_role("worker", self.run, self.redis_url, self.log_dir)
@@ -360,7 +365,7 @@ def kafka_session(config: ReplayConfig, source: ReplaySource,
         client = redis_client(ends.redis, settings.redis_backoff_max)
         create_topics(ends.broker, settings, namespace=run)
         write_spec(client, run, config, settings, ends.broker, aligned=settings.speed == 0)
-        processes = KafkaRun(run, ends.redis, log_dir)
+        processes = KafkaRun(run, ends.redis, log_dir, aligned=settings.speed == 0)
         producer = None
         try:
             processes.start(settings.workers)
