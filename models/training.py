@@ -23,6 +23,22 @@ class TrainingConfig:
     n_negatives: int = 4
 
 
+# CPU GEMM kernels round differently below this many rows (torch 2.13 here: a GRU step
+# over 7 rows differs in the last bit from the same rows among 40; from 16 rows on the
+# rows agree), so a device's result would depend on which devices share its batch.
+# Model calls on the device path pad to this many rows: a slice split across any number
+# of workers gives the same bits as the whole slice in the local runtime.
+ROW_FLOOR = 16
+
+
+def pad_rows(array: np.ndarray, rows: int = ROW_FLOOR) -> np.ndarray:
+    """``array`` with its first row repeated until it has ``rows`` rows."""
+    missing = rows - len(array)
+    if missing <= 0 or len(array) == 0:
+        return array
+    return np.concatenate([array, np.repeat(array[:1], missing, axis=0)])
+
+
 @torch.inference_mode()
 def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths: np.ndarray,
                      candidates: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -31,12 +47,10 @@ def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths:
     model.eval()
     out = np.empty(candidates.shape, dtype=np.float32)
     for start in range(0, len(candidates), chunk):
-        stop = start + chunk
-        out[start:stop] = model.score(
-            torch.from_numpy(np.ascontiguousarray(history[start:stop], dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(lengths[start:stop], dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(candidates[start:stop], dtype=np.int64)),
-        ).numpy()
+        stop = min(start + chunk, len(candidates))
+        h, n, c = (torch.from_numpy(np.ascontiguousarray(pad_rows(a[start:stop]), np.int64))
+                   for a in (history, lengths, candidates))
+        out[start:stop] = model.score(h, n, c).numpy()[:stop - start]
     return out
 
 
@@ -101,9 +115,10 @@ def score_inputs(model: nn.Module, score: InputScorer, inputs: Inputs, candidate
     model.eval()
     out = np.empty(candidates.shape, dtype=np.float32)
     for start in range(0, len(candidates), chunk):
-        stop = start + chunk
-        batch = {name: _tensor(array[start:stop]) for name, array in inputs.items()}
-        out[start:stop] = score(batch, _tensor(candidates[start:stop])).numpy()
+        stop = min(start + chunk, len(candidates))
+        batch = {name: _tensor(pad_rows(array[start:stop])) for name, array in inputs.items()}
+        scores = score(batch, _tensor(pad_rows(candidates[start:stop])))
+        out[start:stop] = scores.numpy()[:stop - start]
     return out
 
 

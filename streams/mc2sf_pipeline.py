@@ -33,7 +33,7 @@ from dcrec.models.mc2sf import (
     fast_score,
     slow_score,
 )
-from dcrec.models.training import InputTrainer, TrainingConfig, score_inputs
+from dcrec.models.training import InputTrainer, TrainingConfig, pad_rows, score_inputs
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion
@@ -126,8 +126,8 @@ class MC2SFDeviceProcessor:
         hints = np.stack([self.inbox.pop(int(devices[k])) for k in fresh])
         state["hint"][fresh] = hints
         _, z_n, _ = self.model.initial_states(torch.from_numpy(
-            state["hint"][fresh].astype(np.float32)))
-        state["negative_state"][fresh] = z_n.numpy()
+            pad_rows(state["hint"][fresh].astype(np.float32))))
+        state["negative_state"][fresh] = z_n.numpy()[:len(fresh)]
 
     def _advance_negative(self, states: list[np.ndarray], rows: np.ndarray,
                           items: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -154,12 +154,12 @@ class MC2SFDeviceProcessor:
             mine = slot[rows] >= 0
             padded = np.zeros((len(members), width), np.int64)
             padded[slot[rows[mine]], rank[mine]] = items[mine].astype(np.int64) + 1
-            x = embedding(torch.from_numpy(padded))
+            x = embedding(torch.from_numpy(pad_rows(padded)))
             lengths = counts[members]
             for f, a in zip(final, after, strict=True):
-                h0 = torch.from_numpy(f[members])[None].contiguous()
+                h0 = torch.from_numpy(pad_rows(f[members]))[None].contiguous()
                 outputs, _ = gru(x, h0)  # [G, width, d]: the state after each exposure
-                out = outputs.numpy()
+                out = outputs.numpy()[:len(members)]
                 a[mine] = out[slot[rows[mine]], rank[mine]]
                 f[members] = out[np.arange(len(members)), lengths - 1]
         return final, after
