@@ -178,5 +178,7 @@ class KafkaRuntimeSettings(_Strict):
     workers: int = Field(1, ge=1, le=64)
     # live runs: X times real (event) time, or 0 for as fast as the producer can
     speed: float = Field(0.0, ge=0)
+    # live runs: a watermark closes a slice at least this often (seconds of wall time)
+    watermark_tick: float = Field(0.02, gt=0, le=10)
     # Redis unreachable: retry with exponential back-off up to this many seconds apart
     redis_backoff_max: float = Field(2.0, gt=0)

@@ -250,6 +250,8 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
         clicks_seen[int(device)] = np.frombuffer(blob, HEADER, count=1)[0]["clicks"]
     evaluator = RankingEvaluator([users], [np.ones(len(users), np.int64)], [per_user])
     latency = {int(k): int(v) for k, v in client.hgetall(keys("latency")).items()}
+    delivery = {int(k): int(v)
+                for k, v in client.hgetall(keys("latency", "delivery")).items()}
     reasons = {k.decode(): int(v) for k, v in client.hgetall(keys("deadletters")).items()}
     events = stats.get("events", 0)
     dead = sum(reasons.values())
@@ -285,6 +287,9 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
             # event-to-state: from the producer's send to the Redis commit of the state
             "p50_ms": latency_percentile(latency, 50),
             "p99_ms": latency_percentile(latency, 99),
+            # its transport share: from the producer's send to the worker receiving it
+            "delivery_p50_ms": latency_percentile(delivery, 50),
+            "delivery_p99_ms": latency_percentile(delivery, 99),
             "peak_rss_mb": peak_rss_mb(),
             "state_bytes_per_device": state_bytes,
         },
@@ -396,5 +401,6 @@ def run_kafka_replay(config: ReplayConfig, source: ReplaySource,
         aligned = settings.speed == 0
         speed = None if aligned or settings.speed == float("inf") else settings.speed
         slices = event_time_slices(source.batches(config.micro_batch), config.cloud_interval)
-        produced = produce_slices(session.producer, slices, speed=speed)
+        produced = produce_slices(session.producer, slices, speed=speed,
+                                  tick=settings.watermark_tick)
         return session.finish(timeout, produced)

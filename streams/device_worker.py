@@ -81,6 +81,7 @@ class Entry:
     timestamp_ms: int
     handle: Any = None
     marker: tuple[int, int, bool] | None = None
+    received_ms: float = 0.0
 
 
 @dataclass
@@ -160,6 +161,7 @@ class DeviceWorker:
             self.skipped += 1
             return False
         buffer = self.buffers[partition]
+        entry.received_ms = time.time() * 1000.0
         entry.marker = marker_slice(entry.value, entry.headers)
         buffer.entries[name].append(entry)
         if entry.marker is not None:
@@ -257,6 +259,9 @@ class DeviceWorker:
 
         decoded = decode_slice([(e.value, e.headers, e.timestamp_ms) for e in entries],
                                cfg.n_devices, cfg.n_items)
+        # producer send -> this worker holding the message (the transport's share)
+        delivery_ms = np.array([e.received_ms - e.timestamp_ms for e in entries
+                                if e.timestamp_ms], np.float64)
         pending_raw, (devices, header, rows), out_stats = await self._run_batch(
             decoded, new_hints, k)
         out_stats["counters"].update(lag)
@@ -287,6 +292,8 @@ class DeviceWorker:
                 now_ms = time.time() * 1000.0
                 for bucket, n in latency_buckets(now_ms - decoded.produced_ms).items():
                     pipe.hincrby(self.keys("latency"), bucket, n)
+                for bucket, n in latency_buckets(delivery_ms).items():
+                    pipe.hincrby(self.keys("latency", "delivery"), bucket, n)
                 for p, t in zip(group, taken, strict=True):
                     pr = self.progress[p]
                     offsets = {**pr.offsets, **t[3]}
