@@ -80,7 +80,9 @@ def bench_kafka(config: ReplayConfig, settings: KafkaRuntimeSettings,
             "events": events, "events_per_second": throughput,
             "device_events_per_second": throughput,
             "p50_ms": paced["perf"]["p50_ms"], "p99_ms": paced["perf"]["p99_ms"],
-            "latency": f"event→state at {paced['perf']['events_per_second']:,.0f} ev/s",
+            "latency": (f"event→state at {paced['perf']['events_per_second']:,.0f} ev/s; "
+                        f"of it send→worker p50/p99 {paced['perf']['delivery_p50_ms']:.0f}/"
+                        f"{paced['perf']['delivery_p99_ms']:.0f} ms"),
             "peak_rss_mb": unpaced["perf"]["peak_rss_mb"],
             "state_bytes_per_device": unpaced["perf"]["state_bytes_per_device"],
             "workers": settings.workers, "partitions": unpaced["kafka"]["partitions"],
