@@ -4,10 +4,17 @@ MC²-SF (Eq. 1–2) and the backbone f of DCCL."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from dcrec.models.base import SequentialRecommender
 from torch import nn
+
+
+# a hook at a fully-connected junction: (junction name, layer output) -> new output;
+# DCCL's patches (Eq. 1) plug in here, the plain model passes None
+Junction = Callable[[str, torch.Tensor], torch.Tensor]
+JUNCTIONS = ("attention", "mlp1", "pre_output")  # DCCL's 1st, 2nd and 3rd junctions
 
 
 def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
@@ -37,11 +44,14 @@ class TargetAttention(nn.Module):
         self.out = nn.Sequential(nn.PReLU(), nn.Linear(hidden, 1))
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor,
-                candidates: torch.Tensor) -> torch.Tensor:
-        """history ``[N, L, d]``, mask ``[N, L]``, candidates ``[N, C, d]`` → ``[N, C, d]``."""
+                candidates: torch.Tensor, junction: Junction | None = None) -> torch.Tensor:
+        """history ``[N, L, d]``, mask ``[N, L]``, candidates ``[N, C, d]`` → ``[N, C, d]``;
+        ``junction`` sees the first layer's output ``[N, C, L, hidden]``."""
         pair = (self.history_part(history)[:, None, :, :]
                 + self.candidate_part(candidates)[:, :, None, :]
                 + self.product_part(candidates[:, :, None, :] * history[:, None, :, :]))
+        if junction is not None:
+            pair = junction("attention", pair)
         weights = self.out(pair).squeeze(-1) * mask[:, None, :]  # [N, C, L]
         return weights @ history
 
@@ -66,13 +76,31 @@ class DIN(SequentialRecommender):
         self.head = mlp([2 * embedding_dim, *mlp_hidden, 1])
         nn.init.normal_(self.item_embedding.weight, std=0.05)
 
-    def interest(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def interest(self, history: torch.Tensor, candidates: torch.Tensor,
+                 junction: Junction | None = None) -> torch.Tensor:
         """r_t for every candidate: ``[N, C, d]``."""
         mask = (history > 0).float()
-        return self.attention(self.item_embedding(history), mask, self.item_embedding(candidates))
+        return self.attention(self.item_embedding(history), mask,
+                              self.item_embedding(candidates), junction)
 
     def score(self, history: torch.Tensor, lengths: torch.Tensor,
-              candidates: torch.Tensor) -> torch.Tensor:
+              candidates: torch.Tensor, junction: Junction | None = None) -> torch.Tensor:
         e_i = self.item_embedding(candidates)
-        r_t = self.interest(history, candidates)
-        return self.head(torch.cat([r_t, e_i], dim=-1)).squeeze(-1)
+        r_t = self.interest(history, candidates, junction)
+        x = torch.cat([r_t, e_i], dim=-1)
+        if junction is None:
+            return self.head(x).squeeze(-1)
+        linears = [k for k, layer in enumerate(self.head) if isinstance(layer, nn.Linear)]
+        for k, layer in enumerate(self.head):
+            x = layer(x)
+            if k == linears[0]:
+                x = junction("mlp1", x)
+            elif k == linears[-2]:
+                x = junction("pre_output", x)
+        return x.squeeze(-1)
+
+    def junction_widths(self) -> dict[str, int]:
+        """The width of each junction's output (a patch there maps it to itself)."""
+        linears = [layer for layer in self.head if isinstance(layer, nn.Linear)]
+        return {"attention": self.attention.history_part.out_features,
+                "mlp1": linears[0].out_features, "pre_output": linears[-2].out_features}
