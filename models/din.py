@@ -10,7 +10,6 @@ import torch
 from dcrec.models.base import SequentialRecommender
 from torch import nn
 
-
 # a hook at a fully-connected junction: (junction name, layer output) -> new output;
 # DCCL's patches (Eq. 1) plug in here, the plain model passes None
 Junction = Callable[[str, torch.Tensor], torch.Tensor]

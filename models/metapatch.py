@@ -85,7 +85,6 @@ class MetaPatchDIN(nn.Module):
             raise ValueError(f"unknown junctions {sorted(unknown)}; known: {JUNCTIONS}")
         self.n_items = n_items
         self.backbone = DIN(n_items, embedding_dim=embedding_dim)
-        self.item_embedding = self.backbone.item_embedding
         self.metapatch_dim = metapatch_dim
         self.bottleneck = bottleneck
         self.widths = {j: w for j, w in self.backbone.junction_widths().items()
@@ -99,6 +98,10 @@ class MetaPatchDIN(nn.Module):
         self.encoder_metapatch = nn.Linear(metapatch_dim, metapatch_dim, bias=False)
         self.encoder_profile = (nn.Linear(profile_dim, metapatch_dim, bias=False)
                                 if profile_dim else None)
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        return self.backbone.item_embedding
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """``W_f``: what Eq. 4–5 train."""

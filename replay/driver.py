@@ -8,11 +8,11 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from dcrec.models.metrics import RankingEvaluator
-from dcrec.replay.log import InteractionLog
+from dcrec.replay.log import InteractionLog, profile_matrix
 from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.streams.event_batch import EventBatch
@@ -35,6 +35,7 @@ class ReplaySource:
     sampler: NegativeSampler
     rejected: list[Rejected]
     log: InteractionLog | None = None
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _limit(batches: Iterator[EventBatch], max_events: int | None) -> Iterator[EventBatch]:
@@ -78,7 +79,7 @@ def open_source(config: ReplayConfig) -> ReplaySource:
             name="world", n_users=world.n_users, n_items=world.n_items, n_events=n_events,
             batches=lambda size: _limit(world.batches(size), config.max_events),
             sampler=NegativeSampler(world.n_items, config.n_negatives, config.seed),
-            rejected=[],
+            rejected=[], user_features=world.user_features,
         )
     log = load_log(config.dataset, config.world, config.seed, config.columns, config.kcore)
     log = log.time_window(config.start, config.end)
@@ -91,7 +92,7 @@ def open_source(config: ReplayConfig) -> ReplaySource:
                                       positions=np.flatnonzero(clicks))
     return ReplaySource(name=log.name, n_users=log.n_users, n_items=log.n_items,
                         n_events=log.n_events, batches=log.batches, sampler=sampler,
-                        rejected=log.rejected, log=log)
+                        rejected=log.rejected, log=log, user_features=log.user_features)
 
 
 def peak_rss_mb() -> float:
@@ -105,7 +106,8 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          max_len=m.max_len, embedding_dim=m.embedding_dim, lr=m.lr, l2=m.l2,
                          batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
                          train_negatives=m.train_negatives,
-                         upload_interval=config.upload_interval)
+                         upload_interval=config.upload_interval,
+                         user_profiles=profile_matrix(source.user_features, source.n_users))
 
 
 def run_replay(config: ReplayConfig, source: ReplaySource | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from dcrec.models.base import SequentialRecommender
 from dcrec.models.din import DIN
@@ -16,6 +17,7 @@ from dcrec.models.gru4rec import GRU4Rec
 from dcrec.models.sasrec import SASRec
 from dcrec.models.training import TrainingConfig
 from dcrec.state.registry import ModelRegistry
+from dcrec.streams.dccl_pipeline import build_dccl
 from dcrec.streams.local_runtime import Pipeline
 from dcrec.streams.mc2sf_pipeline import build_mc2sf
 from dcrec.streams.river_mf import PopularityProcessor, RiverMFProcessor
@@ -37,6 +39,8 @@ class PresetContext:
     epochs_per_job: int = 2
     train_negatives: int = 4
     upload_interval: int = 3600
+    # each user's profile features, one-hot ``[n_users, d_u]`` (DCCL's u); None: none
+    user_profiles: np.ndarray | None = None
 
 
 # model defaults: RecBole's for gru4rec / sasrec, MC²-SF §5.1.4 for din
@@ -85,6 +89,20 @@ def mc2sf_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
     return Pipeline(processor=processor, cloud=cloud, registry=registry)
 
 
+def dccl_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
+    """A DCCL preset on the DIN backbone (DCCL §4.1; MC²-SF's DIN defaults: embedding
+    32, Adam lr 5e-4, L2 1e-4, unless the context overrides them)."""
+    training = TrainingConfig(lr=ctx.lr or 5e-4, l2=ctx.l2 if ctx.l2 is not None else 1e-4,
+                              batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
+                              n_negatives=ctx.train_negatives)
+    profiles = (ctx.user_profiles if ctx.user_profiles is not None
+                else np.zeros((ctx.n_users, 0), np.float32))
+    processor, cloud, registry = build_dccl(variant, ctx.n_users, ctx.n_items, ctx.seed,
+                                            ctx.max_len, ctx.embedding_dim or 32, training,
+                                            ctx.upload_interval, profiles)
+    return Pipeline(processor=processor, cloud=cloud, registry=registry)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A method: one line on what it is, and how to build its pipeline."""
@@ -106,6 +124,10 @@ PRESETS: dict[str, Preset] = {
                         "no hints", lambda ctx: mc2sf_pipeline("mc2sf-f2s", ctx)),
     "mc2sf-fast": Preset("MC²-SF ablation: the independent fast component (GRU_p, GRU_n)",
                          lambda ctx: mc2sf_pipeline("mc2sf-fast", ctx)),
+    "dccl": Preset("DCCL: MetaPatch on devices (metapatch + shared basis), MoMoDistill "
+                   "rounds in the cloud", lambda ctx: dccl_pipeline("dccl", ctx)),
+    "dccl-e": Preset("DCCL ablation: MetaPatch on devices, plain incremental DIN in the "
+                     "cloud", lambda ctx: dccl_pipeline("dccl-e", ctx)),
     "river-mf": Preset("river's online BiasedMF, learning from every click",
                        lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed))),
     "popularity": Preset("items ranked by their clicks so far",
