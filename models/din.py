@@ -16,11 +16,27 @@ Junction = Callable[[str, torch.Tensor], torch.Tensor]
 JUNCTIONS = ("attention", "mlp1", "pre_output")  # DCCL's 1st, 2nd and 3rd junctions
 
 
+class RowwiseLinear(nn.Linear):
+    """``nn.Linear`` for a few outputs (a logit), computed row by row.
+
+    torch computes a one-output ``Linear`` as a GEMV whose bits for a row depend on
+    where the row sits in the batch and how long the batch is (measured on torch 2.13:
+    the same row gives another last bit among 10,250 rows than among 3,750), so a
+    device's score would depend on which devices share its batch. A product and a sum
+    over each row give the same bits wherever the row is. Same parameters and
+    initialisation as ``nn.Linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x.unsqueeze(-2) * self.weight).sum(-1)
+        return out + self.bias if self.bias is not None else out
+
+
 def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
-    """Linear layers of the given sizes with PReLU between them."""
+    """Linear layers of the given sizes with PReLU between them (a one-unit output layer
+    is a :class:`RowwiseLinear`)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
+        layers.append(RowwiseLinear(a, b) if b == 1 else nn.Linear(a, b))
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.PReLU())
     return nn.Sequential(*layers)
@@ -40,7 +56,7 @@ class TargetAttention(nn.Module):
         self.history_part = nn.Linear(dim, hidden)
         self.candidate_part = nn.Linear(dim, hidden, bias=False)
         self.product_part = nn.Linear(dim, hidden, bias=False)
-        self.out = nn.Sequential(nn.PReLU(), nn.Linear(hidden, 1))
+        self.out = nn.Sequential(nn.PReLU(), RowwiseLinear(hidden, 1))
 
     def forward(self, history: torch.Tensor, mask: torch.Tensor,
                 candidates: torch.Tensor, junction: Junction | None = None) -> torch.Tensor:

@@ -115,7 +115,12 @@ class MetaPatchDIN(nn.Module):
 
     def patches(self, metapatch: torch.Tensor, gate: float = 1.0) -> Patches:
         """Eq. 2 for a batch of metapatches ``[N, K̂]``."""
-        params = {j: metapatch @ basis.T for j, basis in self.basis.items()}
+        # one small product per row, not one GEMM over the batch: a GEMM's summation
+        # order (and so its bits) follows the batch size and thread count, and a
+        # device's patch must not depend on which devices share its batch
+        n = metapatch.shape[0]
+        params = {j: torch.bmm(basis.expand(n, *basis.shape), metapatch[:, :, None])[..., 0]
+                  for j, basis in self.basis.items()}
         return Patches(params, self.widths, self.bottleneck, gate)
 
     def encode(self, metapatch: torch.Tensor, profile: torch.Tensor | None) -> torch.Tensor:

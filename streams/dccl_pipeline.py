@@ -181,17 +181,26 @@ class MetaPatchProcessor:
         tensors = [torch.from_numpy(np.r_[a, np.zeros((pad, *a.shape[1:]), a.dtype)])
                    for a in (history, np.maximum(prefix, 1), item, label, weight)]
         history_t, lengths_t, item_t, label_t, weight_t = tensors
-        metapatch = torch.from_numpy(state["metapatch"][ready].copy())
+        metapatch = state["metapatch"][ready].copy()
         with torch.enable_grad():
             for _ in range(self.steps):
-                theta = metapatch.clone().requires_grad_(True)
+                # per-sample gradients, summed per device in sample order here: the sum
+                # autograd would do over a batch need not give the same bits for a
+                # device whatever else is in the batch
+                rows = torch.from_numpy(metapatch)[index].requires_grad_(True)
                 logits = self.model.score(history_t.long(), lengths_t.long(),
-                                          item_t.long()[:, None], theta[index])[:, 0]
-                loss = (F.binary_cross_entropy_with_logits(
-                    logits, label_t.float(), reduction="none") * weight_t).sum()
-                (grad,) = torch.autograd.grad(loss, theta)
-                metapatch = metapatch - self.lr * grad
-        return metapatch.numpy()
+                                          item_t.long()[:, None], rows)[:, 0]
+                # d BCE / d logit = σ(logit) − y, in float64: torch's float32 sigmoid
+                # takes a vector or a scalar path by the element's place in the batch,
+                # and the two differ in the last bit
+                with torch.no_grad():
+                    upstream = ((torch.sigmoid(logits.double()) - label_t.double())
+                                * weight_t.double()).float()
+                (grad,) = torch.autograd.grad(logits, rows, grad_outputs=upstream)
+                total = np.zeros_like(metapatch)
+                np.add.at(total, index.numpy(), grad.numpy())
+                metapatch = metapatch - np.float32(self.lr) * total
+        return metapatch
 
     def _upload(self, state: StateRows, batch: DeviceBatch, out: Outputs) -> None:
         """θ̂^(m) to the cloud once ``upload_interval`` has passed."""

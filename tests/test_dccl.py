@@ -1,0 +1,190 @@
+"""DCCL: a zero patch is the backbone; on the device only the metapatch learns;
+MoMoDistill with β = 0 is plain incremental training of f; both runtimes run dccl."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dcrec.models.metapatch import MetaPatchDIN
+from dcrec.models.training import TrainingConfig
+from dcrec.replay.driver import open_source, run_replay
+from dcrec.state.device_state import DeviceStateTable
+from dcrec.state.registry import ModelRegistry
+from dcrec.streams.dccl_pipeline import (
+    DCCL_MODEL,
+    DCCLCloudJob,
+    MetaPatchProcessor,
+    build_dccl,
+    clicks_before,
+    upload_event,
+    upload_payload,
+)
+from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.processor import DeviceBatch
+from dcrec.streams.schema import CLICK, EXPOSURE, decode, encode
+
+from dcrec.config import KafkaRuntimeSettings, ReplayConfig, WorldSettings
+
+N_ITEMS, N_USERS, DIM, K_HAT = 30, 6, 8, 4
+
+
+def _model(**kwargs) -> MetaPatchDIN:
+    torch.manual_seed(0)
+    return MetaPatchDIN(N_ITEMS, embedding_dim=DIM, metapatch_dim=K_HAT, profile_dim=3,
+                        **kwargs)
+
+
+def _inputs(n: int = 5):
+    rng = np.random.default_rng(0)
+    history = torch.from_numpy(rng.integers(1, N_ITEMS + 1, (n, 7)))
+    history[:, 5:] = 0
+    return history, torch.full((n,), 5), torch.from_numpy(rng.integers(1, N_ITEMS + 1, (n, 9)))
+
+
+@pytest.mark.parametrize("junctions", [("attention",), ("mlp1",), ("pre_output",),
+                                       ("attention", "mlp1", "pre_output")])
+def test_a_zero_metapatch_or_a_zero_gate_gives_exactly_the_backbone(junctions):
+    model = _model(junctions=junctions)
+    history, lengths, candidates = _inputs()
+    backbone = model.backbone.score(history, lengths, candidates)
+    assert torch.equal(model.score(history, lengths, candidates, torch.zeros(5, K_HAT)),
+                       backbone)
+    some = torch.randn(5, K_HAT)
+    assert torch.equal(model.score(history, lengths, candidates, some, gate=0.0), backbone)
+    assert not torch.equal(model.score(history, lengths, candidates, some), backbone)
+
+
+def test_each_row_is_patched_with_its_own_metapatch():
+    model = _model()
+    history, lengths, candidates = _inputs()
+    metapatches = torch.randn(5, K_HAT)
+    together = model.score(history, lengths, candidates, metapatches)
+    alone = torch.cat([model.score(history[k:k + 1], lengths[k:k + 1], candidates[k:k + 1],
+                                   metapatches[k:k + 1]) for k in range(5)])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
+def _events(users, items, kinds, start_ts=100) -> EventBatch:
+    n = len(users)
+    return EventBatch(np.arange(n, dtype=np.int64), np.asarray(users, np.int64),
+                      np.asarray(items, np.int64), np.arange(start_ts, start_ts + n,
+                                                             dtype=np.int64),
+                      np.asarray(kinds, np.int8))
+
+
+def test_clicks_before_counts_earlier_clicks_of_the_same_row():
+    rows = np.array([0, 1, 0, 0, 1, 0])
+    clicks = np.array([True, True, False, True, False, True])
+    assert clicks_before(rows, clicks).tolist() == [0, 0, 1, 1, 1, 2]
+
+
+def test_on_the_device_only_the_metapatch_learns():
+    model = _model()
+    processor = MetaPatchProcessor(model, max_len=10, upload_interval=None, buffer=8)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    table = DeviceStateTable(processor.state_spec, N_USERS)
+    rng = np.random.default_rng(1)
+    users = np.r_[np.zeros(12, int), np.ones(3, int)]  # device 0 fills its buffer
+    kinds = np.where(np.arange(15) % 3 == 0, CLICK, EXPOSURE)
+    events = _events(users, rng.integers(0, N_ITEMS, 15), kinds)
+    batch = DeviceBatch.build(events, np.zeros(15, bool), np.zeros((0, 2), np.int64))
+    rows, _ = processor(table.gather(batch.devices), batch)
+    assert not np.allclose(rows["metapatch"][0], 0)     # device 0 learnt
+    assert np.all(rows["metapatch"][1] == 0)            # device 1 is still collecting
+    assert rows["samples"].tolist() == [0, 3]
+    for name, value in model.state_dict().items():      # f and Θ untouched
+        assert torch.equal(value, weights[name]), name
+
+
+def test_a_device_scores_a_click_before_it_learns_from_it():
+    model = _model()
+    processor = MetaPatchProcessor(model, max_len=10, upload_interval=None, buffer=1)
+    table = DeviceStateTable(processor.state_spec, N_USERS)
+    events = _events([2], [4], [CLICK])
+    candidates = np.array([[4, 7, 9]])
+    batch = DeviceBatch.build(events, np.array([True]), candidates)
+    _, out = processor(table.gather(batch.devices), batch)
+    expected = model.score(torch.zeros(1, 10, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                           torch.from_numpy(candidates + 1), torch.zeros(1, K_HAT))
+    assert np.allclose(out.scores, expected.detach().numpy())
+
+
+def test_a_metapatch_upload_round_trips_through_the_wire_codec():
+    metapatch = np.linspace(-1, 1, K_HAT).astype(np.float32)
+    upload = decode(encode(upload_event(3, 99, metapatch)))
+    assert upload.kind == "metapatch" and upload.device == 3
+    assert np.allclose(upload_payload(upload), metapatch, atol=1e-3)
+    assert len(upload.payload) == 2 * K_HAT
+
+
+def _cloud(distill: bool, beta: float) -> DCCLCloudJob:
+    model = _model()
+    profiles = np.eye(3, dtype=np.float32)[np.arange(N_USERS) % 3]
+    return DCCLCloudJob(model, N_USERS, 10, TrainingConfig(batch_size=8), 0, ModelRegistry(),
+                        profiles, distill=distill, beta=beta)
+
+
+def _feed(cloud: DCCLCloudJob, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cloud.observe(_events(rng.integers(0, N_USERS, 60), rng.integers(0, N_ITEMS, 60),
+                          np.full(60, CLICK)))
+    for device in range(N_USERS):
+        cloud.on_upload(upload_event(device, 0, rng.normal(size=K_HAT).astype(np.float32)))
+
+
+def test_momodistill_with_beta_zero_is_plain_incremental_training_of_f():
+    plain, distilled = _cloud(distill=False, beta=0.0), _cloud(distill=True, beta=0.0)
+    for round_ in range(3):
+        for cloud in (plain, distilled):
+            _feed(cloud, round_)
+            cloud.run(86_400 * (round_ + 1))
+    for name, value in plain.model.backbone.state_dict().items():
+        assert torch.equal(value, distilled.model.backbone.state_dict()[name]), name
+    # with β > 0 the device models pull f elsewhere
+    pulled = _cloud(distill=True, beta=1.0)
+    for round_ in range(3):
+        _feed(pulled, round_)
+        pulled.run(86_400 * (round_ + 1))
+    assert not torch.equal(pulled.model.backbone.head[0].weight,
+                           plain.model.backbone.head[0].weight)
+
+
+def test_the_cloud_releases_f_and_the_basis_each_round():
+    cloud = _cloud(distill=True, beta=1.0)
+    basis = cloud.model.basis["mlp1"].detach().clone()
+    _feed(cloud, 0)
+    out = cloud.run(86_400)
+    assert out is not None and out.emitted[0].model == DCCL_MODEL
+    assert not torch.equal(cloud.model.basis["mlp1"], basis)  # pretraining learnt Θ
+
+
+def test_build_rejects_an_unknown_variant():
+    with pytest.raises(ValueError, match="unknown DCCL variant"):
+        build_dccl("dccl-x", 3, 5, 0, 10, 8, TrainingConfig(), 3600, np.zeros((3, 0)))
+
+
+DCCL_CONFIG = ReplayConfig(dataset="world", method="dccl", seed=0,
+                           world=WorldSettings(users=150, items=200, events=6000))
+
+
+def test_a_dccl_replay_reports_metapatch_state_and_upload_bytes():
+    report = run_replay(DCCL_CONFIG)
+    assert report["comm"]["uploads"] > 0 and report["comm"]["upload_bytes"] > 0
+    assert report["comm"]["releases"] > 1
+    assert report["perf"]["state_bytes_per_device"] < 1024
+    assert report["events"]["evaluated"] > 100
+
+
+@pytest.mark.integration
+def test_the_kafka_runtime_runs_dccl_with_the_local_metrics(services):
+    from dcrec.replay.kafka_replay import run_kafka_replay
+
+    local = run_replay(DCCL_CONFIG)
+    kafka = run_kafka_replay(DCCL_CONFIG, open_source(DCCL_CONFIG), KafkaRuntimeSettings(
+        broker=services.broker.url, redis=services.redis.url, workers=2), timeout=900)
+    for name, value in local["metrics"].items():
+        assert kafka["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    for name in ("uploads", "bytes_up", "releases", "cloud_jobs"):
+        assert kafka["comm"][name] == local["comm"][name], name
+    assert kafka["kafka"]["device_counters"]["mismatched_devices"] == 0
