@@ -89,6 +89,44 @@ def bernoulli_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
             + (1 - p) * (F.logsigmoid(-teacher) - F.logsigmoid(-student)))
 
 
+def metapatch_steps(model: MetaPatchDIN, metapatch: np.ndarray, owner: np.ndarray,
+                    history: np.ndarray, item: np.ndarray, label: np.ndarray,
+                    weight: np.ndarray, steps: int, lr: float) -> np.ndarray:
+    """MetaPatch's local learning (DCCL Eq. 3): ``steps`` of gradient descent on the
+    metapatches ``[R, K̂]`` alone, f and Θ frozen, on the pointwise cross-entropy of
+    samples ``(history, item, label)`` of device ``owner``; each device's loss is the
+    ``weight``-ed mean over its samples. Returns the new metapatches.
+
+    A device's result has the same bits whatever other devices share the call."""
+    weight = weight.astype(np.float32)
+    per_device = np.bincount(owner, weights=weight, minlength=len(metapatch))
+    weight = weight / np.maximum(per_device[owner], 1.0).astype(np.float32)
+    pad = max(ROW_FLOOR - len(owner), 0)
+    index = np.r_[owner, np.zeros(pad, np.int64)]
+    history_t, item_t, label_t, weight_t = (
+        torch.from_numpy(np.r_[a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+        for a in (history.astype(np.int64), item.astype(np.int64), label.astype(np.float64),
+                  weight.astype(np.float64)))
+    lengths_t = (history_t > 0).sum(1)
+    metapatch = metapatch.astype(np.float32).copy()
+    with torch.enable_grad():
+        for _ in range(steps):
+            # per-sample gradients, summed per device in sample order here: the sum
+            # autograd would do over the batch need not give a device the same bits
+            rows = torch.from_numpy(metapatch)[torch.from_numpy(index)].requires_grad_(True)
+            logits = model.score(history_t, lengths_t, item_t[:, None], rows)[:, 0]
+            # d BCE / d logit = σ(logit) − y, in float64: torch's float32 sigmoid takes a
+            # vector or a scalar path by the element's place in the batch, and the two
+            # differ in the last bit
+            with torch.no_grad():
+                upstream = ((torch.sigmoid(logits.double()) - label_t) * weight_t).float()
+            (grad,) = torch.autograd.grad(logits, rows, grad_outputs=upstream)
+            total = np.zeros_like(metapatch)
+            np.add.at(total, index, grad.numpy())
+            metapatch = metapatch - np.float32(lr) * total
+    return metapatch
+
+
 class MetaPatchProcessor:
     """The device side of ``dccl`` and ``dccl-e``: serve f^(m), learn θ̂^(m) (Eq. 3)."""
 
@@ -166,41 +204,16 @@ class MetaPatchProcessor:
 
     def _fit(self, state: StateRows, ready: np.ndarray, device: np.ndarray, item: np.ndarray,
              label: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """Gradient steps on the metapatches of ``ready`` alone (Eq. 3); each sample is
-        scored with the clicks before it (a prefix of the device's window now)."""
+        """Eq. 3 for the devices ``ready``; each sample is scored with the clicks before
+        it (a prefix of the device's window now)."""
         window, length = state["seq"][device], state["length"][device]
         first = state["clicks"][device] - length          # click count at window start
         prefix = np.clip(seen - first, 0, length)
         history = np.where(np.arange(window.shape[1]) < prefix[:, None], window, 0)
         weight = (prefix > 0).astype(np.float32)
-        per_device = np.bincount(np.searchsorted(ready, device), weights=weight,
-                                 minlength=len(ready))
-        weight = weight / np.maximum(per_device[np.searchsorted(ready, device)], 1.0)
-        pad = max(ROW_FLOOR - len(device), 0)  # same bits however devices are batched
-        index = torch.from_numpy(np.r_[np.searchsorted(ready, device), np.zeros(pad, int)])
-        tensors = [torch.from_numpy(np.r_[a, np.zeros((pad, *a.shape[1:]), a.dtype)])
-                   for a in (history, np.maximum(prefix, 1), item, label, weight)]
-        history_t, lengths_t, item_t, label_t, weight_t = tensors
-        metapatch = state["metapatch"][ready].copy()
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                # per-sample gradients, summed per device in sample order here: the sum
-                # autograd would do over a batch need not give the same bits for a
-                # device whatever else is in the batch
-                rows = torch.from_numpy(metapatch)[index].requires_grad_(True)
-                logits = self.model.score(history_t.long(), lengths_t.long(),
-                                          item_t.long()[:, None], rows)[:, 0]
-                # d BCE / d logit = σ(logit) − y, in float64: torch's float32 sigmoid
-                # takes a vector or a scalar path by the element's place in the batch,
-                # and the two differ in the last bit
-                with torch.no_grad():
-                    upstream = ((torch.sigmoid(logits.double()) - label_t.double())
-                                * weight_t.double()).float()
-                (grad,) = torch.autograd.grad(logits, rows, grad_outputs=upstream)
-                total = np.zeros_like(metapatch)
-                np.add.at(total, index.numpy(), grad.numpy())
-                metapatch = metapatch - np.float32(self.lr) * total
-        return metapatch
+        return metapatch_steps(self.model, state["metapatch"][ready],
+                               np.searchsorted(ready, device), history, item, label, weight,
+                               self.steps, self.lr)
 
     def _upload(self, state: StateRows, batch: DeviceBatch, out: Outputs) -> None:
         """θ̂^(m) to the cloud once ``upload_interval`` has passed."""
