@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from dcrec.models.metrics import METRIC_NAMES
 from dcrec.models.training import IncrementalTrainer, score_candidates
+from dcrec.replay.dccl_offline import DCCL_METHODS, run_dccl
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.mc2sf_offline import MC2SF_METHODS, MC2SFSettings, rank_catalogue, run_mc2sf
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("loo", "mc2sf")
 SEQUENCE_METHODS = ("gru4rec", "sasrec", "din")
 DEVICE_METHODS = ("gru4rec", "river-mf", "mc2sf", "mc2sf-fast")  # every click before the target
-METHODS = (*SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS)
+METHODS = (*SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS, *DCCL_METHODS)
 SLATE_SIZE = 5  # logging-policy slate for logs without exposures (as ``dcrec replay``)
 
 
@@ -130,6 +131,12 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
         result = run_mc2sf(method, add_exposures(log_, SLATE_SIZE, seed=0),
                            mc2sf_settings(ctx), seed, sampler, max_epochs, patience,
                            on_epoch or (lambda *_: None))
+    elif method in DCCL_METHODS:
+        if protocol != "loo":
+            raise ValueError(f"{method} is evaluated under --protocol loo")
+        result = run_dccl(method, log_, split, seed, sampler, ctx.embedding_dim or 32,
+                          training_config("din", ctx), max_epochs, patience,
+                          on_epoch or (lambda *_: None))
     elif method in SEQUENCE_METHODS:
         result = _train_sequence_model(method, split, ctx, sampler, max_epochs, patience,
                                        on_epoch or (lambda *_: None),
