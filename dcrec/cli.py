@@ -206,6 +206,29 @@ def bench(
     console.print(f"appended to {out}")
 
 
+@app.command("groups")
+def groups(
+    reports: Annotated[list[Path], typer.Argument(help="replay reports (JSON) to compare")],
+    out: Annotated[Path | None, typer.Option(help="write the plot (PNG) here")] = None,
+) -> None:
+    """Macro-AUC per activity group across replay reports (DCCL Fig. 4)."""
+    from dcrec.replay.activity_groups import groups_markdown, plot_groups
+
+    loaded = []
+    for path in reports:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            _fail(f"cannot read report {path}: {error}")
+        if not report.get("groups"):
+            _fail(f"{path} has no activity groups")
+        loaded.append(report)
+    print(groups_markdown(loaded))
+    if out is not None:
+        plot_groups(loaded, out)
+        console.print(f"plot written to {out}")
+
+
 @app.command("methods")
 def methods() -> None:
     """List the method presets."""

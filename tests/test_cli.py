@@ -13,7 +13,7 @@ from dcrec.cli import app
 
 runner = CliRunner()
 VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"], ["bench"],
-         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"]]
+         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"], ["groups"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "dcrec")
@@ -69,6 +69,24 @@ def test_bad_arguments_give_a_clear_error(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_groups_compares_replays_per_activity_group(tmp_path):
+    reports = []
+    for method in ("popularity", "river-mf"):
+        report = tmp_path / f"{method}.json"
+        result = runner.invoke(app, ["replay", "--dataset", "world", "--world-users", "60",
+                                     "--world-items", "200", "--world-events", "5000",
+                                     "--method", method, "--quiet", "--report", str(report)])
+        assert result.exit_code == 0, result.output
+        reports.append(str(report))
+    plot = tmp_path / "groups.png"
+    result = runner.invoke(app, ["groups", *reports, "--out", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "popularity (seed 0)" in result.output and "(tail)" in result.output
+    assert plot.stat().st_size > 1000
+    missing = runner.invoke(app, ["groups", str(tmp_path / "none.json")])
+    assert missing.exit_code == 2 and "cannot read report" in missing.output
 
 
 def test_replay_on_the_world_prints_the_summary():
