@@ -1,16 +1,22 @@
-"""DCCL under an offline protocol (``loo``): Algorithm 1's rounds on a fixed split.
+"""DCCL under an offline protocol (``loo``): one round of Algorithm 1 on a fixed split,
+with the paper's phases (DCCL appendix: pretraining, device-cloud learning and test
+phases by log time).
 
-1. Pretraining (Algorithm 1, line 1): the backbone f (DIN) on the training samples,
-   early-stopped on validation NDCG@10 exactly as the ``din`` baseline is — so
-   ``dccl-e`` against ``din`` measures MetaPatch alone — then the basis Θ and the
-   encoder U with θ̂ = 0 (Eq. 7).
-2. Devices (MetaPatch, Eq. 3): each user's training clicks are its local samples
-   (label 1), each with ``local_negatives`` sampled items it never clicked (label 0;
-   the log has no exposures); ``device_epochs`` passes of gradient steps on θ̂ alone.
-3. ``dccl`` only: ``rounds`` of MoMoDistill — f from the data and the device models
-   (Eq. 5), then Θ and U with f fixed (Eq. 6–7) — each followed by step 2 again.
+The training clicks are cut at a global time: the first ``pretrain_share`` of them
+(by time) are the pretraining phase, the rest the device phase. Validation and test
+stay each user's last two clicks, so the numbers compare with every ``loo`` method.
 
-Validation and test score each user's held-out click with its patched model f^(m).
+1. Pretraining (Algorithm 1, line 1): the backbone f (DIN) on the pretraining phase,
+   early-stopped on validation NDCG@10 with the ``din`` baseline's model, sampler and
+   optimiser, then the basis Θ and the encoder U with θ̂ = 0 (Eq. 7).
+2. Devices (MetaPatch, Eq. 3): each user's device-phase clicks are its local samples
+   (label 1), each with ``local_negatives`` sampled items (label 0; the log has no
+   exposures); ``device_epochs`` passes of gradient steps on θ̂ alone.
+3. ``dccl`` only: MoMoDistill on the device phase — f from the data and the device
+   models (Eq. 5), then Θ and U with f fixed (Eq. 6–7) — and step 2 again.
+
+The ``din`` baseline trains on both phases; with ``pretrain_share = 1`` there is no
+device phase and ``dccl-e`` is ``din`` exactly (a test).
 """
 
 from __future__ import annotations
@@ -70,12 +76,19 @@ def personalise(model: MetaPatchDIN, metapatches: np.ndarray, train: Samples, n_
     return out
 
 
-def run_dccl(method: str, log_: InteractionLog, split: Split, seed: int,
-             sampler: NegativeSampler, embedding_dim: int, training: TrainingConfig,
-             max_epochs: int, patience: int, on_epoch: Callable[[int, float, float], None],
-             rounds: int = 1, local_negatives: int = 4, device_epochs: int = 3,
-             device_lr: float = 0.5, basis_epochs: int = 2) -> dict:
-    """Train and test ``dccl`` or ``dccl-e`` on ``split`` (see the module docstring)."""
+def _subset(samples: Samples, keep: np.ndarray) -> Samples:
+    return Samples(samples.history[keep], samples.lengths[keep], samples.target[keep],
+                   samples.users[keep], samples.key[keep])
+
+
+def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarray,
+             seed: int, sampler: NegativeSampler, embedding_dim: int,
+             training: TrainingConfig, max_epochs: int, patience: int,
+             on_epoch: Callable[[int, float, float], None], pretrain_share: float = 0.7,
+             local_negatives: int = 4, device_epochs: int = 3, device_lr: float = 0.5,
+             basis_epochs: int = 2) -> dict:
+    """Train and test ``dccl`` or ``dccl-e`` on ``split``; ``train_ts`` is the time of
+    each training sample's target (see the module docstring)."""
     if method not in DCCL_METHODS:
         raise ValueError(f"unknown DCCL method {method!r}")
     torch.manual_seed(seed)
@@ -84,7 +97,10 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, seed: int,
                          profile_dim=profiles.shape[1])
     cloud = DCCLCloudJob(model, log_.n_users, split.train.history.shape[1], training, seed,
                          ModelRegistry(), profiles, distill=method == "dccl")
-    train = split.train
+    order = np.argsort(train_ts, kind="stable")
+    pretrain = np.zeros(len(train_ts), bool)
+    pretrain[order[:round(pretrain_share * len(order))]] = True
+    train, device_phase = _subset(split.train, pretrain), _subset(split.train, ~pretrain)
     stopper = EarlyStopping(patience)
     for epoch in range(max_epochs):                                   # Eq. 4
         loss = cloud.backbone_trainer.fit(_inputs(cloud, train), train.target, epochs=1)
@@ -101,22 +117,25 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, seed: int,
         p.requires_grad_(True)
     cloud.teacher.load_state_dict(model.state_dict())
     cloud.rounds = 1
-    cloud.metapatches = personalise(model, cloud.metapatches, train, log_.n_items, seed,
-                                    local_negatives, device_epochs, device_lr)
-    if method == "dccl":
-        for r in range(rounds):                                       # MoMoDistill
-            cloud.backbone_trainer.fit(_inputs(cloud, train), train.target, epochs=1)  # Eq. 5
-            for p in model.backbone.parameters():
-                p.requires_grad_(False)
-            cloud.basis_trainer.fit(_inputs(cloud, train), train.target, epochs=1)  # Eq. 7
-            for p in model.backbone.parameters():
-                p.requires_grad_(True)
-            cloud.teacher.load_state_dict(model.state_dict())
-            cloud.metapatches = personalise(model, cloud.metapatches, train, log_.n_items,
-                                            seed + 1 + r, local_negatives, device_epochs,
-                                            device_lr)
+    if len(device_phase):
+        cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
+                                        log_.n_items, seed, local_negatives, device_epochs,
+                                        device_lr)
+    if method == "dccl" and len(device_phase):                         # MoMoDistill
+        inputs = _inputs(cloud, device_phase)
+        cloud.backbone_trainer.fit(inputs, device_phase.target, epochs=1)        # Eq. 5
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        cloud.basis_trainer.fit(inputs, device_phase.target, epochs=1)           # Eq. 7
+        for p in model.backbone.parameters():
+            p.requires_grad_(True)
+        cloud.teacher.load_state_dict(model.state_dict())
+        cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
+                                        log_.n_items, seed + 1, local_negatives,
+                                        device_epochs, device_lr)
     scorer = _scorer(model, cloud.metapatches)
     return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
             "valid": evaluate(scorer, split.valid, sampler),
             "test": evaluate(scorer, split.test, sampler),
-            "metapatch_bytes": int(model.metapatch_dim * 4)}
+            "metapatch_bytes": int(model.metapatch_dim * 4),
+            "phases": {"pretrain": int(pretrain.sum()), "device": int((~pretrain).sum())}}

@@ -134,9 +134,9 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
     elif method in DCCL_METHODS:
         if protocol != "loo":
             raise ValueError(f"{method} is evaluated under --protocol loo")
-        result = run_dccl(method, log_, split, seed, sampler, ctx.embedding_dim or 32,
-                          training_config("din", ctx), max_epochs, patience,
-                          on_epoch or (lambda *_: None))
+        result = run_dccl(method, log_, split, seqs.ts[split.train.key], seed, sampler,
+                          ctx.embedding_dim or 32, training_config("din", ctx), max_epochs,
+                          patience, on_epoch or (lambda *_: None))
     elif method in SEQUENCE_METHODS:
         result = _train_sequence_model(method, split, ctx, sampler, max_epochs, patience,
                                        on_epoch or (lambda *_: None),
