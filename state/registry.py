@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -20,6 +21,15 @@ class ModelVersion:
     version: int
     checksum: str
     nbytes: int
+
+
+def download(served: np.ndarray, version: ModelVersion | None) -> int:
+    """Devices move to ``version``: the bytes they download (each device whose
+    ``served`` version is older fetches the whole model); ``served`` is updated."""
+    current = version.version if version else 0
+    stale = int((served < current).sum())
+    served[:] = current
+    return stale * (version.nbytes if version else 0)
 
 
 class ChecksumMismatchError(RuntimeError):

@@ -34,24 +34,15 @@ from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import ROW_FLOOR, InputTrainer, TrainingConfig, score_inputs
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
-from dcrec.state.registry import ModelRegistry, ModelVersion
+from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs
-from dcrec.streams.schema import CLICK, Release, Upload, encode
+from dcrec.streams.schema import CLICK, Release, Upload
+from dcrec.streams.state_uploads import upload_due, upload_payload
 from torch import nn
 from torch.nn import functional as F
 
 DCCL_MODEL = "dccl-model"
-
-
-def upload_event(device: int, ts: int, metapatch: np.ndarray) -> Upload:
-    """A device's metapatch θ̂^(m) for the cloud, as float16."""
-    return Upload(device=device, ts=ts, kind="metapatch",
-                  payload=metapatch.astype("<f2").tobytes(), dtype="float16")
-
-
-def upload_payload(upload: Upload) -> np.ndarray:
-    return np.frombuffer(upload.payload, "<" + np.dtype(upload.dtype).str[1:]).astype(np.float32)
 
 
 def device_spec(max_len: int, metapatch_dim: int, buffer: int) -> StateSpec:
@@ -167,12 +158,9 @@ class MetaPatchProcessor:
                     clicks.astype(np.int8), before.astype(np.int32))
 
         out = Outputs(scores=scores)
-        current = self.version.version if self.version else 0
-        stale = state["version"] < current
-        out.bytes_down = int(stale.sum()) * (self.version.nbytes if self.version else 0)
-        state["version"][:] = current
+        out.bytes_down = download(state["version"], self.version)
         if self.upload_interval is not None:
-            self._upload(state, batch, out)
+            upload_due(state, batch, self.upload_interval, "metapatch", "metapatch", out)
         return state, out
 
     def _learn(self, state: StateRows, rows: np.ndarray, items: np.ndarray,
@@ -214,20 +202,6 @@ class MetaPatchProcessor:
         return metapatch_steps(self.model, state["metapatch"][ready],
                                np.searchsorted(ready, device), history, item, label, weight,
                                self.steps, self.lr)
-
-    def _upload(self, state: StateRows, batch: DeviceBatch, out: Outputs) -> None:
-        """θ̂^(m) to the cloud once ``upload_interval`` has passed."""
-        assert self.upload_interval is not None
-        last_ts = np.zeros(len(batch.devices), dtype=np.int64)
-        np.maximum.at(last_ts, batch.row, batch.events.ts.astype(np.int64))
-        due = np.flatnonzero(last_ts - state["last_upload"] >= self.upload_interval)
-        for k in due.tolist():
-            upload = upload_event(int(batch.devices[k]), int(last_ts[k]), state["metapatch"][k])
-            out.emitted.append(upload)
-            out.bytes_up += len(encode(upload))
-        out.uploads += len(due)
-        state["last_upload"][due] = last_ts[due]
-
 
 class _Basis(nn.Module):
     """Θ and the encoder's W_e of a :class:`MetaPatchDIN`: what Eq. 7 trains."""

@@ -36,10 +36,11 @@ from dcrec.models.mc2sf import (
 from dcrec.models.training import InputTrainer, TrainingConfig, pad_rows, score_inputs
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
-from dcrec.state.registry import ModelRegistry, ModelVersion
+from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs
 from dcrec.streams.schema import CLICK, EXPOSURE, Hint, Release, Upload, encode
+from dcrec.streams.state_uploads import upload_due, upload_payload
 
 FAST_MODEL = "mc2sf-fast-component"
 SLOW_MODEL = "mc2sf-slow-component"
@@ -56,16 +57,6 @@ def hint_payload(hint: Hint) -> np.ndarray:
     """``r_n ⊕ r_t`` (float32) of a hint event."""
     return np.concatenate([np.frombuffer(hint.r_n, "<f2"),
                            np.frombuffer(hint.r_t, "<f2")]).astype(np.float32)
-
-
-def upload_event(device: int, ts: int, negative_memory: np.ndarray) -> Upload:
-    """The F2S event: the device's negative memory r̂₂ as float16."""
-    return Upload(device=device, ts=ts, kind="negative_memory",
-                  payload=negative_memory.astype("<f2").tobytes(), dtype="float16")
-
-
-def upload_payload(upload: Upload) -> np.ndarray:
-    return np.frombuffer(upload.payload, "<" + np.dtype(upload.dtype).str[1:]).astype(np.float32)
 
 
 def device_spec(max_len: int, dim: int, s2f: bool) -> StateSpec:
@@ -203,12 +194,10 @@ class MC2SFDeviceProcessor:
         for n, value in zip(names, final, strict=True):
             state[n] = value
         out = Outputs(scores=scores)
-        current = self.version.version if self.version else 0
-        stale = state["version"] < current
-        out.bytes_down = int(stale.sum()) * (self.version.nbytes if self.version else 0)
-        state["version"][:] = current
+        out.bytes_down = download(state["version"], self.version)
         if self.upload_interval is not None:
-            self._upload(state, batch, out)
+            upload_due(state, batch, self.upload_interval, "negative_memory",
+                       "negative_memory", out)
         return state, out
 
     def _score(self, advanced: click_history.Advanced, evaluated: np.ndarray,
@@ -228,21 +217,6 @@ class MC2SFDeviceProcessor:
             return model.score_states(r_p, b["negative"], r_t, c)
 
         return score_inputs(model, score, inputs, candidates)
-
-    def _upload(self, state: StateRows, batch: DeviceBatch, out: Outputs) -> None:
-        """Algorithm 1: a device uploads r̂₂ once ``upload_interval`` has passed."""
-        assert self.upload_interval is not None
-        last_ts = np.zeros(len(batch.devices), dtype=np.int64)
-        np.maximum.at(last_ts, batch.row, batch.events.ts.astype(np.int64))
-        due = np.flatnonzero(last_ts - state["last_upload"] >= self.upload_interval)
-        for k in due.tolist():
-            upload = upload_event(int(batch.devices[k]), int(last_ts[k]),
-                                  state["negative_memory"][k])
-            out.emitted.append(upload)
-            out.bytes_up += len(encode(upload))
-        out.uploads += len(due)
-        state["last_upload"][due] = last_ts[due]
-
 
 class MC2SFCloudJob:
     """The cloud side: incremental training of the slow and/or fast component on what

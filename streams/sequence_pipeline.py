@@ -16,7 +16,7 @@ from dcrec.models.base import SequentialRecommender
 from dcrec.models.training import IncrementalTrainer, TrainingConfig, score_candidates
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
-from dcrec.state.registry import ModelRegistry, ModelVersion
+from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs
 from dcrec.streams.schema import CLICK, Release
@@ -55,14 +55,9 @@ class SequenceServingProcessor:
         evaluated = batch.evaluate[clicks]
         scores = score_candidates(self.model, advanced.windows[evaluated],
                                   advanced.lengths[evaluated], batch.candidates + 1)
-        current = self.version.version if self.version else 0
-        stale = state["version"] < current
-        bytes_down = int(stale.sum()) * (self.version.nbytes if self.version else 0)
-        new_state = {
-            "seq": advanced.seq,
-            "length": advanced.length,
-            "version": np.full_like(state["version"], current),
-        }
+        served = state["version"].copy()
+        bytes_down = download(served, self.version)
+        new_state = {"seq": advanced.seq, "length": advanced.length, "version": served}
         return new_state, Outputs(scores=scores, bytes_down=bytes_down)
 
 

@@ -17,12 +17,11 @@ from dcrec.streams.dccl_pipeline import (
     MetaPatchProcessor,
     build_dccl,
     clicks_before,
-    upload_event,
-    upload_payload,
 )
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch
 from dcrec.streams.schema import CLICK, EXPOSURE, decode, encode
+from dcrec.streams.state_uploads import upload_event, upload_payload
 
 from dcrec.config import KafkaRuntimeSettings, ReplayConfig, WorldSettings
 
@@ -112,7 +111,7 @@ def test_a_device_scores_a_click_before_it_learns_from_it():
 
 def test_a_metapatch_upload_round_trips_through_the_wire_codec():
     metapatch = np.linspace(-1, 1, K_HAT).astype(np.float32)
-    upload = decode(encode(upload_event(3, 99, metapatch)))
+    upload = decode(encode(upload_event(3, 99, "metapatch", metapatch)))
     assert upload.kind == "metapatch" and upload.device == 3
     assert np.allclose(upload_payload(upload), metapatch, atol=1e-3)
     assert len(upload.payload) == 2 * K_HAT
@@ -130,7 +129,8 @@ def _feed(cloud: DCCLCloudJob, seed: int) -> None:
     cloud.observe(_events(rng.integers(0, N_USERS, 60), rng.integers(0, N_ITEMS, 60),
                           np.full(60, CLICK)))
     for device in range(N_USERS):
-        cloud.on_upload(upload_event(device, 0, rng.normal(size=K_HAT).astype(np.float32)))
+        metapatch = rng.normal(size=K_HAT).astype(np.float32)
+        cloud.on_upload(upload_event(device, 0, "metapatch", metapatch))
 
 
 def test_momodistill_with_beta_zero_is_plain_incremental_training_of_f():

@@ -13,16 +13,11 @@ from dcrec.replay.mc2sf_offline import MC2SF_METHODS, case_study_markdown
 from dcrec.replay.offline_runner import run_method
 from dcrec.state.device_state import DeviceStateTable
 from dcrec.streams.event_batch import EventBatch
-from dcrec.streams.mc2sf_pipeline import (
-    build_mc2sf,
-    hint_event,
-    hint_payload,
-    upload_event,
-    upload_payload,
-)
+from dcrec.streams.mc2sf_pipeline import build_mc2sf, hint_event, hint_payload
 from dcrec.streams.presets import PresetContext
 from dcrec.streams.processor import DeviceBatch
 from dcrec.streams.schema import CLICK, EXPOSURE, Hint, Upload, decode, encode
+from dcrec.streams.state_uploads import upload_event, upload_payload
 
 from dcrec.config import ModelConfig, ReplayConfig, WorldSettings
 
@@ -65,7 +60,7 @@ def test_fast_component_shapes_and_zero_hint_is_no_hint():
 
 def test_f2s_and_s2f_payloads_round_trip_through_the_wire_codec():
     memory = np.linspace(-1, 1, D, dtype=np.float32)
-    upload = decode(encode(upload_event(7, 100, memory)))
+    upload = decode(encode(upload_event(7, 100, "negative_memory", memory)))
     assert isinstance(upload, Upload) and upload.kind == "negative_memory"
     np.testing.assert_allclose(upload_payload(upload), memory, atol=1e-3)
     payload = np.linspace(-2, 2, 2 * D, dtype=np.float32)
