@@ -8,6 +8,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -121,6 +122,8 @@ def replay(
     world_items: WorldItems = None,
     world_events: WorldEvents = None,
     report: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
+    state: Annotated[Path | None, typer.Option(
+        help="local runtime: keep every device's final state here (.npz)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Replay a log as a stream through a method and report quality, cost and speed."""
@@ -145,7 +148,8 @@ def replay(
               desc=f"{config.method} on {source.name}") as bar:
         try:
             result = run_replay(config, source, progress=bar.update,
-                                kafka=_kafka_settings(speed, workers, broker, redis_url))
+                                kafka=_kafka_settings(speed, workers, broker, redis_url),
+                                state_path=state)
         except (ValueError, TimeoutError) as error:
             _fail(str(error))
         except RuntimeError as error:  # a kafka run's service or process failed
@@ -227,6 +231,38 @@ def groups(
     if out is not None:
         plot_groups(loaded, out)
         console.print(f"plot written to {out}")
+
+
+@app.command("metapatches")
+def metapatches(
+    state: Annotated[Path, typer.Argument(help="device states of a dccl replay (--state)")],
+    dataset: DatasetOption = "ml-100k",
+    world_users: WorldUsers = None,
+    world_items: WorldItems = None,
+    world_events: WorldEvents = None,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="the plot (PNG)")] = Path("metapatches.png"),
+) -> None:
+    """Metapatches in 2-D, coloured by each device's most clicked category (DCCL Fig. 7)."""
+    from dcrec.replay.driver import load_log
+    from dcrec.replay.metapatch_map import plot_metapatches
+
+    try:
+        columns = dict(np.load(state))
+    except (OSError, ValueError) as error:
+        _fail(f"cannot read device states {state}: {error}")
+    if "metapatch" not in columns:
+        _fail(f"{state} holds no metapatches (replay a dccl preset with --state)")
+    world = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
+    try:
+        log_ = load_log(dataset, world, seed)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    try:
+        shown = plot_metapatches(columns["metapatch"], log_, out)
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"{shown:,} devices plotted to {out}")
 
 
 @app.command("methods")

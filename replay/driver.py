@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from dcrec.models.metrics import RankingEvaluator
@@ -112,11 +113,16 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
 
 def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
                progress: Callable[[int], None] | None = None,
-               kafka: KafkaRuntimeSettings | None = None) -> dict:
+               kafka: KafkaRuntimeSettings | None = None,
+               state_path: Path | None = None) -> dict:
     """Replay and evaluate; returns the report (DESIGN.md's contract). The kafka
-    runtime takes its broker, Redis and worker settings from ``kafka``."""
+    runtime takes its broker, Redis and worker settings from ``kafka``. ``state_path``
+    (local runtime): keep every device's final state there, one array per field (npz)."""
     source = source or open_source(config)
     if config.runtime == "kafka":
+        if state_path is not None:
+            raise ValueError("device state files come from the local runtime; a kafka "
+                             "run keeps device state in Redis")
         from dcrec.replay.kafka_replay import run_kafka_replay
 
         return run_kafka_replay(config, source, kafka or KafkaRuntimeSettings(), progress)
@@ -127,6 +133,8 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
     started = time.perf_counter()
     stats = runtime.run(source.batches(config.micro_batch), progress)
     wall = time.perf_counter() - started
+    if state_path is not None:
+        np.savez_compressed(state_path, **runtime.state.columns)
 
     latencies = np.repeat(stats.batch_latency_ms, stats.batch_sizes) if stats.events else [0.0]
     reasons = Counter(r.reason for r in source.rejected)

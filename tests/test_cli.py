@@ -13,7 +13,7 @@ from dcrec.cli import app
 
 runner = CliRunner()
 VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"], ["bench"],
-         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"], ["groups"]]
+         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"], ["groups"], ["metapatches"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "dcrec")
@@ -87,6 +87,24 @@ def test_groups_compares_replays_per_activity_group(tmp_path):
     assert plot.stat().st_size > 1000
     missing = runner.invoke(app, ["groups", str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "cannot read report" in missing.output
+
+
+def test_metapatches_of_a_dccl_replay_are_plotted(tmp_path):
+    world = ["--dataset", "world", "--world-users", "80", "--world-items", "150",
+             "--world-events", "6000"]
+    states = {}
+    for method in ("dccl-e", "gru4rec"):
+        states[method] = tmp_path / f"{method}.npz"
+        result = runner.invoke(app, ["replay", *world, "--method", method, "--quiet",
+                                     "--state", str(states[method])])
+        assert result.exit_code == 0, result.output
+    plot = tmp_path / "metapatches.png"
+    result = runner.invoke(app, ["metapatches", str(states["dccl-e"]), *world,
+                                 "--out", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "devices plotted" in result.output and plot.stat().st_size > 1000
+    no_patches = runner.invoke(app, ["metapatches", str(states["gru4rec"]), *world])
+    assert no_patches.exit_code == 2 and "no metapatches" in no_patches.output
 
 
 def test_replay_on_the_world_prints_the_summary():
