@@ -8,7 +8,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -244,6 +243,8 @@ def metapatches(
     out: Annotated[Path, typer.Option(help="the plot (PNG)")] = Path("metapatches.png"),
 ) -> None:
     """Metapatches in 2-D, coloured by each device's most clicked category (DCCL Fig. 7)."""
+    import numpy as np
+
     from dcrec.replay.driver import load_log
     from dcrec.replay.metapatch_map import plot_metapatches
 

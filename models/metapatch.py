@@ -99,20 +99,6 @@ class MetaPatchDIN(nn.Module):
         self.encoder_profile = (nn.Linear(profile_dim, metapatch_dim, bias=False)
                                 if profile_dim else None)
 
-    @property
-    def item_embedding(self) -> nn.Embedding:
-        return self.backbone.item_embedding
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        """``W_f``: what Eq. 4–5 train."""
-        return list(self.backbone.parameters())
-
-    def basis_parameters(self) -> list[nn.Parameter]:
-        """``Θ`` and ``W_e``: what Eq. 7 trains."""
-        encoder = [self.encoder_out, self.encoder_metapatch, self.encoder_profile]
-        return [*self.basis.values(), *(p for m in encoder if m is not None
-                                        for p in m.parameters())]
-
     def patches(self, metapatch: torch.Tensor, gate: float = 1.0) -> Patches:
         """Eq. 2 for a batch of metapatches ``[N, K̂]``."""
         # one small product per row, not one GEMM over the batch: a GEMM's summation

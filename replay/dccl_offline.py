@@ -27,18 +27,17 @@ import numpy as np
 import torch
 from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import TrainingConfig, score_inputs
-from dcrec.replay.log import InteractionLog, profile_matrix
+from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.replay.offline import EarlyStopping, Samples, Split, evaluate
 from dcrec.state.registry import ModelRegistry
-from dcrec.streams.dccl_pipeline import DCCLCloudJob, metapatch_steps
+from dcrec.streams.dccl_pipeline import DCCLCloudJob, metapatch_steps, profile_matrix
 
 DCCL_METHODS = ("dccl", "dccl-e")
 
 
 def _inputs(cloud: DCCLCloudJob, samples: Samples) -> dict[str, np.ndarray]:
-    return {"history": samples.history, "lengths": samples.lengths,
-            "metapatch": cloud.metapatches[samples.users], "profile": cloud.profiles[samples.users]}
+    return cloud.inputs(samples.history, samples.lengths, samples.users)
 
 
 def _scorer(model: MetaPatchDIN, metapatches: np.ndarray | None):
@@ -110,13 +109,8 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
             break
     assert stopper.best_state is not None
     model.backbone.load_state_dict(stopper.best_state)
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
-    cloud.basis_trainer.fit(_inputs(cloud, train), train.target, epochs=basis_epochs)  # Eq. 7
-    for p in model.backbone.parameters():
-        p.requires_grad_(True)
-    cloud.teacher.load_state_dict(model.state_dict())
-    cloud.rounds = 1
+    cloud.learn_basis(_inputs(cloud, train), train.target, basis_epochs)       # Eq. 7
+    cloud.end_round()
     if len(device_phase):
         cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
                                         log_.n_items, seed, local_negatives, device_epochs,
@@ -124,12 +118,8 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
     if method == "dccl" and len(device_phase):                         # MoMoDistill
         inputs = _inputs(cloud, device_phase)
         cloud.backbone_trainer.fit(inputs, device_phase.target, epochs=1)        # Eq. 5
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-        cloud.basis_trainer.fit(inputs, device_phase.target, epochs=1)           # Eq. 7
-        for p in model.backbone.parameters():
-            p.requires_grad_(True)
-        cloud.teacher.load_state_dict(model.state_dict())
+        cloud.learn_basis(inputs, device_phase.target, epochs=1)                 # Eq. 7
+        cloud.end_round()
         cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
                                         log_.n_items, seed + 1, local_negatives,
                                         device_epochs, device_lr)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from dcrec.models.metrics import RankingEvaluator
-from dcrec.replay.log import InteractionLog, profile_matrix
+from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.streams.event_batch import EventBatch
@@ -108,7 +108,7 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
                          train_negatives=m.train_negatives,
                          upload_interval=config.upload_interval,
-                         user_profiles=profile_matrix(source.user_features, source.n_users))
+                         user_features=source.user_features)
 
 
 def run_replay(config: ReplayConfig, source: ReplaySource | None = None,

@@ -131,16 +131,3 @@ class InteractionLog:
                 ts=self.ts[start:stop],
                 event=self.event[start:stop],
             )
-
-
-def profile_matrix(features: dict[str, np.ndarray], n_users: int) -> np.ndarray:
-    """The profile ``u`` of each user ``[n_users, d_u]``: its categorical attributes
-    (age, gender, occupation on ML-100K; age and region in the world) one-hot."""
-    columns = []
-    for name in sorted(features):
-        values = np.asarray(features[name], dtype=np.int64)[:n_users]
-        onehot = np.zeros((n_users, int(values.max(initial=0)) + 1), np.float32)
-        known = np.flatnonzero(values >= 0)  # a missing attribute is an all-zero block
-        onehot[known, values[known]] = 1.0
-        columns.append(onehot)
-    return np.concatenate(columns, axis=1) if columns else np.zeros((n_users, 0), np.float32)

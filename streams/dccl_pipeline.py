@@ -38,11 +38,25 @@ from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs
 from dcrec.streams.schema import CLICK, Release, Upload
+from dcrec.streams.sequence_pipeline import CloudClickWindows
 from dcrec.streams.state_uploads import upload_due, upload_payload
 from torch import nn
 from torch.nn import functional as F
 
 DCCL_MODEL = "dccl-model"
+
+
+def profile_matrix(features: dict[str, np.ndarray], n_users: int) -> np.ndarray:
+    """The profile ``u`` of each user ``[n_users, d_u]``: its categorical attributes
+    (age, gender, occupation on ML-100K; age and region in the world) one-hot."""
+    columns = []
+    for name in sorted(features):
+        values = np.asarray(features[name], dtype=np.int64)[:n_users]
+        onehot = np.zeros((n_users, int(values.max(initial=0)) + 1), np.float32)
+        known = np.flatnonzero(values >= 0)  # a missing attribute is an all-zero block
+        onehot[known, values[known]] = 1.0
+        columns.append(onehot)
+    return np.concatenate(columns, axis=1) if columns else np.zeros((n_users, 0), np.float32)
 
 
 def device_spec(max_len: int, metapatch_dim: int, buffer: int) -> StateSpec:
@@ -177,16 +191,14 @@ class MetaPatchProcessor:
         state["samples"] += np.bincount(rows[keep], minlength=len(held)).astype(np.int32)
         if len(ready) == 0:
             return
-        # every sample of the ready devices: buffered ones first, then this batch's
-        device, item, label, seen = [], [], [], []
-        for k in ready.tolist():
-            n = int(held[k])
-            mine = rows == k
-            device.append(np.full(n + int(mine.sum()), k))
-            item.append(np.r_[state["sample_item"][k, :n], items[mine]])
-            label.append(np.r_[state["sample_label"][k, :n], labels[mine]])
-            seen.append(np.r_[state["sample_clicks"][k, :n], before[mine]])
-        device, item, label, seen = (np.concatenate(a) for a in (device, item, label, seen))
+        # every sample of the ready devices: for each device its buffered ones first,
+        # then this batch's, in order (the order its gradient is summed in)
+        buffered = np.arange(self.buffer) < held[ready][:, None]
+        fresh = ~keep
+        device = np.r_[np.repeat(ready, held[ready]), rows[fresh]]
+        item, label, seen = (np.r_[state[f"sample_{name}"][ready][buffered], column[fresh]]
+                             for name, column in (("item", items), ("label", labels),
+                                                  ("clicks", before)))
         state["metapatch"][ready] = self._fit(state, ready, device, item, label, seen)
         state["samples"][ready] = 0
 
@@ -226,9 +238,7 @@ class DCCLCloudJob:
         self.beta = beta
         self.profiles = profiles.astype(np.float32)
         self.metapatches = np.zeros((n_users, model.metapatch_dim), np.float32)
-        self.seq = np.zeros((n_users, max_len), np.int32)
-        self.length = np.zeros(n_users, np.int32)
-        self._pending: list[tuple[np.ndarray, ...]] = []
+        self.windows = CloudClickWindows(n_users, max_len)
         self.teacher = copy.deepcopy(model).eval()  # the released f and Θ: the devices'
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -248,21 +258,27 @@ class DCCLCloudJob:
             self.uploads_received += 1
 
     def observe(self, events: EventBatch) -> None:
-        clicks = events.event == CLICK
-        users = events.user[clicks]
-        if len(users) == 0:
-            return
-        devices, row = np.unique(users, return_inverse=True)
-        advanced = click_history.advance(self.seq[devices], self.length[devices], row,
-                                         events.item[clicks].astype(np.int32) + 1)
-        self.seq[devices], self.length[devices] = advanced.seq, advanced.length
-        has = advanced.lengths > 0
-        self._pending.append((advanced.windows[has], advanced.lengths[has],
-                              events.item[clicks][has].astype(np.int64) + 1, users[has]))
+        self.windows.observe(events)
 
-    def _inputs(self, windows, lengths, users) -> dict[str, np.ndarray]:
+    def inputs(self, windows: np.ndarray, lengths: np.ndarray,
+               users: np.ndarray) -> dict[str, np.ndarray]:
+        """The training inputs of samples: history, each user's last metapatch, profile."""
         return {"history": windows, "lengths": lengths, "metapatch": self.metapatches[users],
                 "profile": self.profiles[users]}
+
+    def learn_basis(self, inputs: dict[str, np.ndarray], targets: np.ndarray,
+                    epochs: int | None = None) -> None:
+        """Eq. 7: Θ and U learn with f fixed."""
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(False)
+        self.basis_trainer.fit(inputs, targets, epochs)
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(True)
+
+    def end_round(self) -> None:
+        """What was learnt is now what devices run: the teacher of the next round."""
+        self.rounds += 1
+        self.teacher.load_state_dict(self.model.state_dict())
 
     def _teacher_logits(self, b: dict[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
         """f^(m)(x): the device models, as released, fed their metapatches."""
@@ -292,26 +308,19 @@ class DCCLCloudJob:
         return loss
 
     def run(self, now: int) -> Outputs | None:
-        if not self._pending:
+        samples = self.windows.take()
+        if samples is None:
             return None
-        windows, lengths, targets, users = (np.concatenate(parts)
-                                            for parts in zip(*self._pending, strict=True))
-        self._pending.clear()
-        if len(targets) == 0:
-            return None
-        inputs = self._inputs(windows, lengths, users)
+        windows, lengths, targets, users = samples
+        inputs = self.inputs(windows, lengths, users)
         self.backbone_trainer.fit(inputs, targets)                  # Eq. 4 / Eq. 5
-        if self.rounds == 0 or self.distill:
-            for p in self.model.backbone.parameters():
-                p.requires_grad_(False)
-            if self.rounds == 0:  # Algorithm 1, line 1: Θ with θ̂ = 0
-                inputs = {**inputs, "metapatch": np.zeros_like(inputs["metapatch"])}
-            self.basis_trainer.fit(inputs, targets)                 # Eq. 7
-            for p in self.model.backbone.parameters():
-                p.requires_grad_(True)
-        self.rounds += 1
+        if self.rounds == 0:  # Algorithm 1, line 1: Θ with θ̂ = 0
+            self.learn_basis({**inputs, "metapatch": np.zeros_like(inputs["metapatch"])},
+                             targets)
+        elif self.distill:
+            self.learn_basis(inputs, targets)                       # Eq. 7
+        self.end_round()
         version = self.registry.publish(DCCL_MODEL, self.model.state_dict())
-        self.teacher.load_state_dict(self.model.state_dict())
         return Outputs(scores=np.zeros((0, 0), np.float32), emitted=[
             Release(model=DCCL_MODEL, version=version.version, ts=now,
                     checksum=version.checksum)])

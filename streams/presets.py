@@ -7,7 +7,7 @@ added here as their components land; unknown names fail with the list of known o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from dcrec.models.gru4rec import GRU4Rec
 from dcrec.models.sasrec import SASRec
 from dcrec.models.training import TrainingConfig
 from dcrec.state.registry import ModelRegistry
-from dcrec.streams.dccl_pipeline import build_dccl
+from dcrec.streams.dccl_pipeline import build_dccl, profile_matrix
 from dcrec.streams.local_runtime import Pipeline
 from dcrec.streams.mc2sf_pipeline import build_mc2sf
 from dcrec.streams.river_mf import PopularityProcessor, RiverMFProcessor
@@ -39,8 +39,8 @@ class PresetContext:
     epochs_per_job: int = 2
     train_negatives: int = 4
     upload_interval: int = 3600
-    # each user's profile features, one-hot ``[n_users, d_u]`` (DCCL's u); None: none
-    user_profiles: np.ndarray | None = None
+    # each user's categorical attributes (age, gender, …), an array per attribute
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # model defaults: RecBole's for gru4rec / sasrec, MC²-SF §5.1.4 for din
@@ -95,8 +95,7 @@ def dccl_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
     training = TrainingConfig(lr=ctx.lr or 5e-4, l2=ctx.l2 if ctx.l2 is not None else 1e-4,
                               batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
                               n_negatives=ctx.train_negatives)
-    profiles = (ctx.user_profiles if ctx.user_profiles is not None
-                else np.zeros((ctx.n_users, 0), np.float32))
+    profiles = profile_matrix(ctx.user_features, ctx.n_users)
     processor, cloud, registry = build_dccl(variant, ctx.n_users, ctx.n_items, ctx.seed,
                                             ctx.max_len, ctx.embedding_dim or 32, training,
                                             ctx.upload_interval, profiles)

@@ -61,23 +61,14 @@ class SequenceServingProcessor:
         return new_state, Outputs(scores=scores, bytes_down=bytes_down)
 
 
-class SequenceCloudJob:
-    """Cloud side: per-user windows of every click, incremental training per job."""
+class CloudClickWindows:
+    """The cloud's copy of every user's click window, and the training samples — each
+    click with the window before it — that arrived since they were last taken."""
 
-    def __init__(self, name: str, build_model: ModelFactory, n_users: int, max_len: int,
-                 training: TrainingConfig, seed: int, registry: ModelRegistry) -> None:
-        self.name = name
-        self.trainer = IncrementalTrainer(build_model(), training, seed)
-        self.registry = registry
+    def __init__(self, n_users: int, max_len: int) -> None:
         self.seq = np.zeros((n_users, max_len), dtype=np.int32)
         self.length = np.zeros(n_users, dtype=np.int32)
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.jobs = 0
-        self.train_seconds = 0.0
-
-    def initial_release(self) -> ModelVersion:
-        """Version 1: the untrained model, so devices can serve before any job ran."""
-        return self.registry.publish(self.name, self.trainer.model.state_dict())
+        self._pending: list[tuple[np.ndarray, ...]] = []
 
     def observe(self, events: EventBatch) -> None:
         clicks = events.event == CLICK
@@ -91,16 +82,43 @@ class SequenceCloudJob:
         self.length[devices] = advanced.length
         has_history = advanced.lengths > 0
         self._pending.append((advanced.windows[has_history], advanced.lengths[has_history],
-                              events.item[clicks][has_history].astype(np.int64) + 1))
+                              events.item[clicks][has_history].astype(np.int64) + 1,
+                              users[has_history]))
 
-    def run(self, now: int) -> Outputs | None:
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(windows, lengths, targets, users)`` since the last call; None if empty."""
         if not self._pending:
             return None
-        windows, lengths, targets = (np.concatenate(parts) for parts in zip(*self._pending,
-                                                                              strict=True))
+        windows, lengths, targets, users = (np.concatenate(parts)
+                                            for parts in zip(*self._pending, strict=True))
         self._pending.clear()
-        if len(targets) == 0:
+        return (windows, lengths, targets, users) if len(targets) else None
+
+
+class SequenceCloudJob:
+    """Cloud side: per-user windows of every click, incremental training per job."""
+
+    def __init__(self, name: str, build_model: ModelFactory, n_users: int, max_len: int,
+                 training: TrainingConfig, seed: int, registry: ModelRegistry) -> None:
+        self.name = name
+        self.trainer = IncrementalTrainer(build_model(), training, seed)
+        self.registry = registry
+        self.windows = CloudClickWindows(n_users, max_len)
+        self.jobs = 0
+        self.train_seconds = 0.0
+
+    def initial_release(self) -> ModelVersion:
+        """Version 1: the untrained model, so devices can serve before any job ran."""
+        return self.registry.publish(self.name, self.trainer.model.state_dict())
+
+    def observe(self, events: EventBatch) -> None:
+        self.windows.observe(events)
+
+    def run(self, now: int) -> Outputs | None:
+        samples = self.windows.take()
+        if samples is None:
             return None
+        windows, lengths, targets, _ = samples
         self.trainer.fit(windows, lengths, targets)
         self.jobs += 1
         version = self.registry.publish(self.name, self.trainer.model.state_dict())
