@@ -135,3 +135,55 @@ class IncrementalTrainer(InputTrainer):
             epochs: int | None = None) -> float:
         """Train on ``(history, lengths) → target`` samples (shifted ids); mean loss."""
         return super().fit({"history": history, "lengths": lengths}, target, epochs)
+
+
+class WholeSequenceTrainer:
+    """Trains a model whose state runs from a user's first click (CoCorrRec's SCN) on
+    whole click sequences: ``model.sequence_loss(items, weight)`` over right-padded
+    batches of ``users_per_batch`` users of similar length. Keeps the model and its Adam
+    state across :meth:`fit` calls (warm start)."""
+
+    def __init__(self, model: nn.Module, config: TrainingConfig, seed: int,
+                 users_per_batch: int = 32) -> None:
+        self.model = model
+        self.config = config
+        self.users_per_batch = users_per_batch
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                          weight_decay=config.l2)
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0
+
+    def fit(self, sequences: list[np.ndarray], weights: list[np.ndarray] | None = None,
+            epochs: int | None = None) -> float:
+        """Train on ``sequences`` (shifted ids, oldest first); ``weights[u]`` (length
+        ``len(sequences[u]) - 1``) weighs each next-item target, all 1 by default.
+        Returns the mean loss."""
+        keep = [u for u, s in enumerate(sequences) if len(s) >= 2]
+        if not keep:
+            return float("nan")
+        lengths = np.array([len(sequences[u]) for u in keep])
+        self.model.train()
+        losses = []
+        for _ in range(epochs or self.config.epochs):
+            order = self.rng.permutation(len(keep))
+            order = order[np.argsort(lengths[order], kind="stable")]
+            batches = [order[i:i + self.users_per_batch]
+                       for i in range(0, len(order), self.users_per_batch)]
+            for k in self.rng.permutation(len(batches)):
+                rows = [keep[j] for j in batches[k]]
+                width = max(len(sequences[u]) for u in rows)
+                items = np.zeros((len(rows), width), np.int64)
+                weight = np.zeros((len(rows), width - 1), np.float32)
+                for r, u in enumerate(rows):
+                    seq = sequences[u]
+                    items[r, :len(seq)] = seq
+                    weight[r, :len(seq) - 1] = 1.0 if weights is None else weights[u]
+                loss = self.model.sequence_loss(torch.from_numpy(items),
+                                                torch.from_numpy(weight))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(loss.item())
+                self.steps += 1
+        self.model.eval()
+        return float(np.mean(losses))

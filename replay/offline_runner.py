@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from dcrec.models.metrics import METRIC_NAMES
-from dcrec.models.training import IncrementalTrainer, score_candidates
+from dcrec.models.training import IncrementalTrainer, WholeSequenceTrainer, score_candidates
 from dcrec.replay.dccl_offline import DCCL_METHODS, run_dccl
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("loo", "mc2sf")
 SEQUENCE_METHODS = ("gru4rec", "sasrec", "din")
+WHOLE_SEQUENCE_METHODS = ("scn", "cocorrrec")  # state from the first click (CoCorrRec)
 DEVICE_METHODS = ("gru4rec", "river-mf", "mc2sf", "mc2sf-fast")  # every click before the target
-METHODS = (*SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS, *DCCL_METHODS)
+METHODS = (*SEQUENCE_METHODS, *WHOLE_SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS, *DCCL_METHODS)
 SLATE_SIZE = 5  # logging-policy slate for logs without exposures (as ``dcrec replay``)
 
 
@@ -80,6 +81,37 @@ def _train_sequence_model(method: str, split: Split, ctx: PresetContext,
     return result
 
 
+def _train_whole_sequence_model(method: str, seqs: UserSequences, split: Split,
+                                ctx: PresetContext, sampler: NegativeSampler, max_epochs: int,
+                                patience: int, on_epoch: Callable[[int, float, float], None],
+                                ) -> dict:
+    """CoCorrRec's SCN (with or without the GCN) on leave-last-out: trained on each
+    user's whole training sequence, every next click a target (Eq. 16); validated and
+    tested from the state after the user's whole history (Eq. 17)."""
+    torch.manual_seed(ctx.seed)
+    model = sequence_model_factory(method, ctx)()
+    trainer = WholeSequenceTrainer(model, training_config(method, ctx), ctx.seed)
+    lengths = seqs.lengths
+    train_end = seqs.start[1:] - np.where(lengths >= 3, 2, 0)
+    sequences = [seqs.items[a:b] for a, b in zip(seqs.start[:-1], train_end, strict=True)]
+
+    def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
+        return score_candidates(model, samples.history, samples.lengths, candidates, chunk=64)
+
+    stopper = EarlyStopping(patience)
+    for epoch in range(max_epochs):
+        loss = trainer.fit(sequences, epochs=1)
+        valid = evaluate(scorer, split.valid, sampler)
+        on_epoch(epoch, loss, valid["NDCG@10"])
+        if stopper.update(epoch, valid["NDCG@10"], model.state_dict()):
+            break
+    assert stopper.best_state is not None
+    model.load_state_dict(stopper.best_state)
+    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
+            "valid": evaluate(scorer, split.valid, sampler),
+            "test": evaluate(scorer, split.test, sampler)}
+
+
 def _time_ordered(samples: Samples, seqs: UserSequences) -> np.ndarray:
     return np.argsort(seqs.ts[samples.key], kind="stable")
 
@@ -119,7 +151,10 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
                on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
     """Train and test one method with one seed; the result with timings."""
     seqs = UserSequences.from_log(log_)
-    split = make_split(protocol, seqs, method, ctx.max_len)
+    # the whole-sequence models read a user's entire history, not a window of it
+    max_len = int(seqs.lengths.max(initial=1)) if method in WHOLE_SEQUENCE_METHODS \
+        else ctx.max_len
+    split = make_split(protocol, seqs, method, max_len)
     clicks = log_.event == CLICK
     sampler = NegativeSampler.for_log(log_.user[clicks], log_.item[clicks], log_.n_items,
                                       n_negatives, seed)
@@ -141,6 +176,11 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
         result = _train_sequence_model(method, split, ctx, sampler, max_epochs, patience,
                                        on_epoch or (lambda *_: None),
                                        seqs if protocol == "mc2sf" else None)
+    elif method in WHOLE_SEQUENCE_METHODS:
+        if protocol != "loo":
+            raise ValueError(f"{method} is evaluated under --protocol loo")
+        result = _train_whole_sequence_model(method, seqs, split, ctx, sampler, max_epochs,
+                                             patience, on_epoch or (lambda *_: None))
     elif method == "river-mf":
         result = _train_river_mf(split, seqs, log_.n_items, seed, sampler)
     elif method == "popularity":

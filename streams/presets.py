@@ -15,8 +15,14 @@ from dcrec.models.base import SequentialRecommender
 from dcrec.models.din import DIN
 from dcrec.models.gru4rec import GRU4Rec
 from dcrec.models.sasrec import SASRec
+from dcrec.models.scn import SCN
 from dcrec.models.training import TrainingConfig
 from dcrec.state.registry import ModelRegistry
+from dcrec.streams.cocorrrec_pipeline import (
+    CorrectionService,
+    TTTProcessor,
+    WholeSequenceCloudJob,
+)
 from dcrec.streams.dccl_pipeline import build_dccl, profile_matrix
 from dcrec.streams.local_runtime import Pipeline
 from dcrec.streams.mc2sf_pipeline import build_mc2sf
@@ -39,6 +45,7 @@ class PresetContext:
     epochs_per_job: int = 2
     train_negatives: int = 4
     upload_interval: int = 3600
+    ttt_mini_batch: int = 10  # CoCorrRec's TTT mini-batch size b (§5.4.2: 1 … 20)
     # each user's categorical attributes (age, gender, …), an array per attribute
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -49,6 +56,10 @@ _SEQUENCE_MODELS: dict[str, tuple[Callable[[PresetContext, int], SequentialRecom
     "gru4rec": (lambda c, d: GRU4Rec(c.n_items, embedding_dim=d, hidden_dim=d), 64, 1e-3, 0.0),
     "sasrec": (lambda c, d: SASRec(c.n_items, max_len=c.max_len, hidden_dim=d), 64, 1e-3, 0.0),
     "din": (lambda c, d: DIN(c.n_items, embedding_dim=d), 32, 5e-4, 1e-4),
+    # CoCorrRec §5.1.4: embedding 64, 4 heads, lr from {1e-3, …, 1e-2}
+    "scn": (lambda c, d: SCN(c.n_items, dim=d, mini_batch=c.ttt_mini_batch), 64, 1e-3, 0.0),
+    "cocorrrec": (lambda c, d: SCN(c.n_items, dim=d, mini_batch=c.ttt_mini_batch,
+                                   correction=True), 64, 1e-3, 0.0),
 }
 
 
@@ -102,6 +113,20 @@ def dccl_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
     return Pipeline(processor=processor, cloud=cloud, registry=registry)
 
 
+def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
+    """``scn`` (the self-correction network alone) or ``cocorrrec`` (with the cloud's
+    correction network); CoCorrRec §5.1.4 defaults (embedding 64, 4 heads, b = 10)."""
+    torch.manual_seed(ctx.seed)
+    factory = sequence_model_factory(name, ctx)
+    registry = ModelRegistry()
+    service = CorrectionService(factory()) if name == "cocorrrec" else None
+    cloud = WholeSequenceCloudJob(name, factory, ctx.n_users, training_config(name, ctx),
+                                  ctx.seed, registry, service)
+    processor = TTTProcessor(factory, service)
+    processor.on_release(cloud.initial_release(), registry)
+    return Pipeline(processor=processor, cloud=cloud, registry=registry)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A method: one line on what it is, and how to build its pipeline."""
@@ -127,6 +152,10 @@ PRESETS: dict[str, Preset] = {
                    "rounds in the cloud", lambda ctx: dccl_pipeline("dccl", ctx)),
     "dccl-e": Preset("DCCL ablation: MetaPatch on devices, plain incremental DIN in the "
                      "cloud", lambda ctx: dccl_pipeline("dccl-e", ctx)),
+    "scn": Preset("CoCorrRec ablation: the on-device self-correction network (TTT-Linear "
+                  "state per device), cloud-trained", lambda ctx: cocorrrec_pipeline("scn", ctx)),
+    "cocorrrec": Preset("CoCorrRec: on-device TTT self-correction, corrected click by click by "
+                        "the cloud's GCN", lambda ctx: cocorrrec_pipeline("cocorrrec", ctx)),
     "river-mf": Preset("river's online BiasedMF, learning from every click",
                        lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed))),
     "popularity": Preset("items ranked by their clicks so far",
