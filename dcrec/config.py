@@ -182,3 +182,9 @@ class KafkaRuntimeSettings(_Strict):
     watermark_tick: float = Field(0.02, gt=0, le=10)
     # Redis unreachable: retry with exponential back-off up to this many seconds apart
     redis_backoff_max: float = Field(2.0, gt=0)
+    # CoCorrRec: how long a device waits for the cloud's correction before serving its
+    # own vector — live runs: the device's tolerance (the paper's Table 5 allows 4.21
+    # ms on a phone; this is for a loopback broker); event-time replays wait for every
+    # answer (the cloud may be training), so their results equal the local runtime's
+    correction_timeout: float = Field(0.25, gt=0)
+    aligned_wait: float = Field(120.0, gt=0)

@@ -83,6 +83,13 @@ def run_worker(run: str, redis_url: str) -> None:
     def send(topic, value, key, partition, headers) -> None:
         producer.send(topic, value, key=key, partition=partition, headers=headers)
 
+    if pipeline.service is not None:  # CoCorrRec: corrections over the topics
+        from dcrec.streams.correction_transport import KafkaResponder
+
+        pipeline.processor.responder = KafkaResponder(  # type: ignore[attr-defined]
+            spec["bootstrap"], spec["namespace"], partitions, send, producer.flush,
+            settings.correction_timeout if not spec["aligned"] else settings.aligned_wait)
+
     def make() -> DeviceWorker:
         return DeviceWorker(worker_config, pipeline.processor, source.sampler.sample, client,
                             send, producer.flush)
@@ -104,7 +111,7 @@ def run_cloud(run: str, redis_url: str) -> None:
     pipeline = build_pipeline(config.method, preset_context(config, source))
     CloudProcess(run, spec["namespace"], spec["bootstrap"], _partitions(settings),
                  source.n_users, source.n_items, pipeline.cloud, pipeline.registry, client,
-                 config.cloud_interval, spec["aligned"]).run()
+                 config.cloud_interval, spec["aligned"], pipeline.service).run()
 
 
 def spawn_role(role: str, run: str, redis_url: str, log_dir: Path, threads: int = 1,
@@ -252,6 +259,8 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
     latency = {int(k): int(v) for k, v in client.hgetall(keys("latency")).items()}
     delivery = {int(k): int(v)
                 for k, v in client.hgetall(keys("latency", "delivery")).items()}
+    correction = {int(k): int(v)
+                  for k, v in client.hgetall(keys("latency", "correction")).items()}
     reasons = {k.decode(): int(v) for k, v in client.hgetall(keys("deadletters")).items()}
     events = stats.get("events", 0)
     dead = sum(reasons.values())
@@ -294,10 +303,34 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
             "state_bytes_per_device": state_bytes,
         },
         "groups": evaluator.activity_groups(clicks_seen, config.activity_groups),
+        **({"corrections": correction_report(stats, cloud, correction)}
+           if correction or cloud.get("corrections") else {}),
         # mean event time from a cloud job falling due to its outputs reaching devices
         "release_lag_seconds": (stats.get("release_lag_seconds", 0)
                                 / max(stats.get("releases_applied", 0), 1)),
         "config": config.model_dump(),
+    }
+
+
+def correction_report(stats: dict[str, int], cloud: dict[str, float],
+                      round_trips: dict[int, int]) -> dict[str, float]:
+    """CoCorrRec's Table 5 as measured on the topics: bytes up and down per correction,
+    the cloud's time to generate one, and the device's wait from sending its hidden
+    states to holding the correction (p50/p99)."""
+    requests = stats.get("requests", 0)
+    answered = stats.get("corrections_answered", 0)
+    return {
+        "requests": requests, "answered": answered,
+        "timeouts": stats.get("correction_timeouts", 0),
+        "rejected": int(cloud.get("correction_rejected", 0)),
+        "bytes_up_per_request": stats.get("correction_bytes_up", 0) / requests
+        if requests else 0.0,
+        "bytes_down_per_correction": stats.get("correction_bytes_down", 0) / answered
+        if answered else 0.0,
+        "generate_ms_per_correction": 1000.0 * cloud.get("correction_seconds", 0.0)
+        / max(cloud.get("corrections", 0.0), 1.0),
+        "round_trip_p50_ms": latency_percentile(round_trips, 50),
+        "round_trip_p99_ms": latency_percentile(round_trips, 99),
     }
 
 

@@ -38,7 +38,8 @@ PROTOCOLS = ("loo", "mc2sf")
 SEQUENCE_METHODS = ("gru4rec", "sasrec", "din")
 WHOLE_SEQUENCE_METHODS = ("scn", "cocorrrec")  # state from the first click (CoCorrRec)
 DEVICE_METHODS = ("gru4rec", "river-mf", "mc2sf", "mc2sf-fast")  # every click before the target
-METHODS = (*SEQUENCE_METHODS, *WHOLE_SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS, *DCCL_METHODS)
+METHODS = (*SEQUENCE_METHODS, *WHOLE_SEQUENCE_METHODS, "river-mf", "popularity", *MC2SF_METHODS,
+           *DCCL_METHODS)
 SLATE_SIZE = 5  # logging-policy slate for logs without exposures (as ``dcrec replay``)
 
 

@@ -42,6 +42,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._blobs: dict[tuple[str, int], bytes] = {}
+        self._versions: dict[tuple[str, int], ModelVersion] = {}
         self._latest: dict[str, ModelVersion] = {}
 
     def publish(self, model: str, tensors: dict[str, torch.Tensor]) -> ModelVersion:
@@ -50,11 +51,16 @@ class ModelRegistry:
         version = ModelVersion(model, (previous.version if previous else 0) + 1,
                                hashlib.sha256(blob).hexdigest(), len(blob))
         self._blobs[(model, version.version)] = blob
+        self._versions[(model, version.version)] = version
         self._latest[model] = version  # promotion: one assignment
         return version
 
     def latest(self, model: str) -> ModelVersion | None:
         return self._latest.get(model)
+
+    def version(self, model: str, number: int) -> ModelVersion | None:
+        """Version ``number`` of ``model``, if it was published."""
+        return self._versions.get((model, number))
 
     def models(self) -> list[str]:
         """Names of the models with a promoted version."""

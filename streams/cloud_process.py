@@ -16,6 +16,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import redis
@@ -41,7 +42,7 @@ class CloudProcess:
     def __init__(self, run: str, namespace: str, bootstrap: str, partitions: int,
                  n_devices: int, n_items: int, cloud: CloudJob | None,
                  registry: ModelRegistry, client: redis.Redis, cloud_interval: int,
-                 aligned: bool = True) -> None:
+                 aligned: bool = True, service: Any = None) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
         self.run_id = run
@@ -77,6 +78,13 @@ class CloudProcess:
         self.stats: dict[str, float] = defaultdict(float)
         self.slice = 0
         self.end: int | None = None
+        # CoCorrRec: a thread answering the devices' correction requests beside the jobs
+        self.server = None
+        if service is not None:
+            from dcrec.streams.correction_transport import CorrectionServer
+
+            service.registry = self.registry  # versions as the devices are served them
+            self.server = CorrectionServer(service, bootstrap, namespace, partitions)
 
     def publish_initial(self) -> None:
         """Mirror the versions the pipeline released at build time (version 1)."""
@@ -219,6 +227,10 @@ class CloudProcess:
             pipe.hset(self.keys("cloud", "job_time"), k, at)  # event time it was due
             pipe.execute()
 
+    def _check_server(self) -> None:
+        if self.server is not None and self.server.error is not None:
+            raise RuntimeError("the correction server failed") from self.server.error
+
     def _flush_stats(self) -> None:
         with self.client.pipeline(transaction=True) as pipe:
             for name, value in self.stats.items():
@@ -226,10 +238,22 @@ class CloudProcess:
             pipe.execute()
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Process until the end marker (or ``should_stop``)."""
+        """Process until the end marker (or ``should_stop``); a correction server keeps
+        answering until every partition's worker is past the end."""
         self.publish_initial()
+        if self.server is not None:
+            self.server.start()
         while self.step() and not should_stop():
-            pass
+            self._check_server()
+        if self.server is not None:
+            while not should_stop() and self.end is not None and not self._workers_done(
+                    self.end):
+                self._check_server()
+                time.sleep(0.05)
+            self.server.stop()
+            self._check_server()
+            self.stats.update(self.server.summary())
+            self._flush_stats()
         self.producer.flush()
         self.consumer.close()
         self.producer.close()

@@ -12,19 +12,21 @@ Device (:class:`TTTProcessor`), per click in stream order:
   and keeps the output after the click as its next user vector; when the mini-batch is
   full, ``(W, b)`` advance to its end. So a device's state after n clicks is the block
   run over those n clicks in one pass;
-- ``cocorrrec``: the device uploads the hidden states H of the mini-batch so far
-  (float16, ``param.requests``) and keeps serving; the cloud's GCN answers with the
+- ``cocorrrec``: the device sends the hidden states H of the mini-batch so far
+  (float16) to the cloud (``param.requests``); the cloud's GCN answers with the
   correction rows of the click's token (float16, ``param.responses``, Eq. 13); the
-  device normalises and fuses them (Eq. 14–15) into a corrected user vector. The
-  correction serves the next click if it arrived before it: the local runtime simulates
-  the round trip on the event clock (``latency`` seconds; 0 = within the device's
-  tolerance, the paper's Fig. 5).
+  device normalises and fuses them (Eq. 14–15) into a corrected user vector, which
+  serves its next click. A correction that does not come back in time is skipped: the
+  device keeps serving its own vector. The request travels through the runtime's
+  :data:`~dcrec.streams.processor.Responder` (in-process in the local runtime, over
+  the topics in the kafka runtime); the processor does no I/O.
 
 Cloud (:class:`WholeSequenceCloudJob`): keeps every user's clicks and, each cloud
 interval, continues training SCN (and GCN) jointly (Eq. 16) on the users with new
 clicks — their sequence from the start (the last ``context`` clicks at most, from a
-mini-batch boundary), the new clicks as targets — then releases the model; the
-:class:`CorrectionService` answers with the released GCN.
+mini-batch boundary), the new clicks as targets — then releases the model. The
+:class:`CorrectionService` answers each request with the GCN of the model version the
+device serves.
 
 A device keeps its TTT state across model releases: it is the device's memory of its
 clicks, and a warm-started release moves the projections it was built with only a
@@ -44,8 +46,8 @@ from dcrec.state.click_history import occurrence
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
-from dcrec.streams.processor import DeviceBatch, Outputs
-from dcrec.streams.schema import CLICK, Release
+from dcrec.streams.processor import DeviceBatch, Outputs, Responder
+from dcrec.streams.schema import CLICK, ParamRequest, ParamResponse, Release
 
 WIRE_DTYPE = np.float16  # hidden states up, correction rows down
 
@@ -60,7 +62,6 @@ def ttt_spec(dim: int, heads: int, mini_batch: int, corrected: bool) -> StateSpe
         "tokens": StateField("int32", (mini_batch,)),
         "clicks": StateField("int32"),
         "user": StateField("float32", (dim,)),
-        "last_click": StateField("int64"),
         "version": StateField("int32"),
     }
     if corrected:
@@ -71,42 +72,77 @@ def ttt_spec(dim: int, heads: int, mini_batch: int, corrected: bool) -> StateSpe
 
 class CorrectionService:
     """The cloud's GCN answering correction requests (Eq. 13): from the uploaded hidden
-    states of a device's mini-batch so far, the correction row of its last token."""
+    states of a device's mini-batch so far, the correction row of its last token,
+    computed with the model version the device serves (read from the registry)."""
 
-    def __init__(self, model: SCN) -> None:
-        if model.gcn is None:
+    def __init__(self, build_model: Callable[[], SCN], registry: ModelRegistry,
+                 name: str) -> None:
+        self.model = build_model().eval()
+        if self.model.gcn is None:
             raise ValueError("the correction service needs a model with a GCN")
-        self.model = model.eval()
+        self.registry, self.name = registry, name
+        self.loaded: int | None = None
         self.requests = 0
+        self.rejected = 0
         self.seconds = 0.0
 
-    def load(self, weights: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(weights)
-        self.model.eval()
+    def _load(self, version: int) -> bool:
+        if self.loaded != version:
+            found = self.registry.version(self.name, version)
+            if found is None:
+                return False
+            self.model.load_state_dict(self.registry.load(found))
+            self.model.eval()
+            self.loaded = version
+        return True
 
     @torch.inference_mode()
-    def correct(self, hidden: np.ndarray, last: np.ndarray) -> np.ndarray:
-        """``hidden [N, b, d]`` (wire dtype, zero after each device's tokens) → the row
-        of token ``last[n]`` for each device ``[N, row_width]`` (wire dtype)."""
+    def respond(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
+        """A response per request; None for a request that cannot be answered (not a
+        correction request, a payload that is not whole hidden states of at most one
+        mini-batch, an unknown model version)."""
         started = time.perf_counter()
-        assert self.model.gcn is not None
-        rows = self.model.gcn(torch.from_numpy(pad_rows(hidden.astype(np.float32))))
-        out = rows[torch.arange(len(last)), torch.from_numpy(last)].numpy().astype(WIRE_DTYPE)
+        model = self.model
+        b, d = model.mini_batch_size, model.dim
+        width = d * WIRE_DTYPE().itemsize
+        answers: list[ParamResponse | None] = [None] * len(requests)
+        for version in sorted({r.version for r in requests}):
+            mine = [k for k, r in enumerate(requests) if r.version == version
+                    and r.kind == "correction" and len(r.payload) % width == 0
+                    and 0 < len(r.payload) // width <= b]
+            if not mine or not self._load(version):
+                continue
+            hidden = np.zeros((len(mine), b, d), np.float32)
+            last = np.empty(len(mine), np.int64)
+            for row, k in enumerate(mine):
+                tokens = np.frombuffer(requests[k].payload, WIRE_DTYPE).reshape(-1, d)
+                hidden[row, :len(tokens)] = tokens
+                last[row] = len(tokens) - 1
+            assert model.gcn is not None
+            rows = model.gcn(torch.from_numpy(pad_rows(hidden)))[torch.arange(len(mine)),
+                                                                  torch.from_numpy(last)]
+            payloads = rows.numpy().astype(WIRE_DTYPE)
+            for row, k in enumerate(mine):
+                r = requests[k]
+                answers[k] = ParamResponse(device=r.device, ts=r.ts, version=version,
+                                           payload=payloads[row].tobytes(),
+                                           kind="correction", position=r.position)
+        self.requests += len(requests)
+        self.rejected += sum(a is None for a in answers)
         self.seconds += time.perf_counter() - started
-        self.requests += len(last)
-        return out
+        return answers
 
 
 class TTTProcessor:
-    """The device side of ``scn`` and ``cocorrrec``."""
+    """The device side of ``scn`` and, with ``corrected``, ``cocorrrec``."""
 
-    def __init__(self, build_model: Callable[[], SCN], service: CorrectionService | None = None,
-                 latency: float = 0.0) -> None:
+    def __init__(self, build_model: Callable[[], SCN], corrected: bool = False,
+                 responder: Responder | None = None) -> None:
         self.model = build_model().eval()
-        self.service = service
-        self.latency = latency
+        self.corrected = corrected
+        self.responder = responder
         m = self.model
-        self.state_spec = ttt_spec(m.dim, m.heads, m.mini_batch_size, service is not None)
+        self.state_spec = ttt_spec(m.dim, m.heads, m.mini_batch_size, corrected)
         self.version: ModelVersion | None = None
 
     def on_release(self, version: ModelVersion, registry: ModelRegistry) -> None:
@@ -130,8 +166,8 @@ class TTTProcessor:
         rank = occurrence(rows)
         for r in range(int(rank.max(initial=-1)) + 1):
             k = np.flatnonzero(rank == r)            # each device's r-th click of the batch
-            served[k] = self._serving_vector(state, rows[k], ts[k])
-            self._advance(state, rows[k], items[k], ts[k], out)
+            served[k] = self._serving_vector(state, rows[k])
+            self._advance(state, batch.devices, rows[k], items[k], ts[k], out)
         evaluated = batch.evaluate[clicks]
         candidates = torch.from_numpy(batch.candidates.astype(np.int64) + 1)
         user = torch.from_numpy(served[evaluated])
@@ -140,15 +176,16 @@ class TTTProcessor:
         out.bytes_down += download(state["version"], self.version)
         return state, out
 
-    def _serving_vector(self, state: StateRows, dev: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """The user vector each device serves its next click with."""
-        if self.service is None:
+    def _serving_vector(self, state: StateRows, dev: np.ndarray) -> np.ndarray:
+        """The user vector each device serves its next click with: corrected by the
+        cloud when the correction came back."""
+        if not self.corrected:
             return state["user"][dev]
-        arrived = (state["corrected"][dev] == 1) & (ts - state["last_click"][dev] >= self.latency)
+        arrived = state["corrected"][dev] == 1
         return np.where(arrived[:, None], state["user_corrected"][dev], state["user"][dev])
 
-    def _advance(self, state: StateRows, dev: np.ndarray, items: np.ndarray, ts: np.ndarray,
-                 out: Outputs) -> None:
+    def _advance(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
+                 items: np.ndarray, ts: np.ndarray, out: Outputs) -> None:
         """One click per device in ``dev``: recompute its mini-batch, keep the output."""
         model, b = self.model, self.model.mini_batch_size
         place = state["clicks"][dev] % b
@@ -160,23 +197,49 @@ class TTTProcessor:
         user, W_next, b_next = model.mini_batch_outputs(W, bias, tokens)
         at = torch.arange(n), torch.from_numpy(place.astype(np.int64))
         state["user"][dev] = user[at].numpy()
-        if self.service is not None:
-            hidden = model.hidden(tokens).numpy().astype(WIRE_DTYPE)
-            correction = self.service.correct(hidden[:n], place.astype(np.int64))
-            rows = torch.from_numpy(pad_rows(correction.astype(np.float32)))
-            rows = rows[:, None, :].expand(-1, b, -1)  # only the token's own row is read
-            corrected, _, _ = model.mini_batch_outputs(W, bias, tokens, rows)
-            state["user_corrected"][dev] = corrected[at].numpy()
-            state["corrected"][dev] = 1
-            out.requests += n
-            out.bytes_up += int((place + 1).sum()) * model.dim * WIRE_DTYPE().itemsize
-            out.bytes_down += n * correction.shape[1] * WIRE_DTYPE().itemsize
+        if self.corrected:
+            self._correct(state, devices, dev, place, ts, (W, bias, tokens), out)
         full = place == b - 1
         state["W"][dev[full]] = W_next[:n].numpy()[full]
         state["b"][dev[full]] = b_next[:n].numpy()[full]
         state["tokens"][dev[full]] = 0
         state["clicks"][dev] += 1
-        state["last_click"][dev] = ts
+
+    def _correct(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
+                 place: np.ndarray, ts: np.ndarray,
+                 mini_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 out: Outputs) -> None:
+        """Ask the cloud for the correction of each device's new token (Eq. 13) and fuse
+        what comes back into its corrected user vector (Eq. 14–15)."""
+        model, n = self.model, len(dev)
+        W, bias, tokens = mini_batch
+        hidden = model.hidden(tokens[:n]).numpy().astype(WIRE_DTYPE)
+        version = self.version.version if self.version is not None else 0
+        requests = [ParamRequest(device=int(devices[d]), ts=int(t), kind="correction",
+                                 payload=hidden[i, :p + 1].tobytes(),
+                                 position=int(state["clicks"][d]), version=version)
+                    for i, (d, t, p) in enumerate(zip(dev.tolist(), ts.tolist(),
+                                                      place.tolist(), strict=True))]
+        responses = self.responder(requests) if self.responder is not None else [None] * n
+        state["corrected"][dev] = 0
+        out.requests += n
+        out.bytes_up += sum(len(r.payload) for r in requests)
+        got = [i for i, r in enumerate(responses) if r is not None
+               and r.position == requests[i].position and r.version == version]
+        if not got:
+            return
+        width = self.model.gcn.row_width if self.model.gcn is not None else 0
+        rows = np.zeros((len(W), width), np.float32)
+        for i in got:
+            payload = responses[i].payload  # type: ignore[union-attr]
+            rows[i] = np.frombuffer(payload, WIRE_DTYPE).astype(np.float32)
+            out.bytes_down += len(payload)
+        rows_t = torch.from_numpy(rows)[:, None, :].expand(-1, model.mini_batch_size, -1)
+        corrected, _, _ = model.mini_batch_outputs(W, bias, tokens, rows_t)
+        at = torch.arange(n), torch.from_numpy(place.astype(np.int64))
+        vectors = corrected[at].numpy()
+        state["user_corrected"][dev[got]] = vectors[got]
+        state["corrected"][dev[got]] = 1
 
 
 class WholeSequenceCloudJob:
@@ -184,11 +247,10 @@ class WholeSequenceCloudJob:
 
     def __init__(self, name: str, build_model: Callable[[], SCN], n_users: int,
                  training: TrainingConfig, seed: int, registry: ModelRegistry,
-                 service: CorrectionService | None = None, context: int = 500) -> None:
+                 context: int = 500) -> None:
         self.name = name
         self.trainer = WholeSequenceTrainer(build_model(), training, seed)
         self.registry = registry
-        self.service = service
         self.context = context
         self.sequences: list[list[int]] = [[] for _ in range(n_users)]
         self.trained = np.zeros(n_users, np.int64)  # clicks already learnt as targets
@@ -199,10 +261,7 @@ class WholeSequenceCloudJob:
         return self._publish()
 
     def _publish(self) -> ModelVersion:
-        weights = self.trainer.model.state_dict()
-        if self.service is not None:
-            self.service.load(weights)
-        return self.registry.publish(self.name, weights)
+        return self.registry.publish(self.name, self.trainer.model.state_dict())
 
     def observe(self, events: EventBatch) -> None:
         clicks = np.flatnonzero(events.event == CLICK)

@@ -294,6 +294,8 @@ class DeviceWorker:
                     pipe.hincrby(self.keys("latency"), bucket, n)
                 for bucket, n in latency_buckets(delivery_ms).items():
                     pipe.hincrby(self.keys("latency", "delivery"), bucket, n)
+                for bucket, n in latency_buckets(out_stats["round_trips"]).items():
+                    pipe.hincrby(self.keys("latency", "correction"), bucket, n)
                 for p, t in zip(group, taken, strict=True):
                     pr = self.progress[p]
                     offsets = {**pr.offsets, **t[3]}
@@ -334,6 +336,7 @@ class DeviceWorker:
                        "keep": {d: raw for d, raw in new_hints.items() if d not in pending}}
         eval_totals: dict[str, float] = {}
         user_auc: dict[int, tuple[float, int]] = {}
+        round_trips = np.zeros(0)
         if len(batch):
             slot = np.searchsorted(devices, batch.user)
             clicks = batch.event == CLICK
@@ -356,12 +359,16 @@ class DeviceWorker:
                             uploads=out.uploads, requests=out.requests, bytes_up=out.bytes_up,
                             bytes_down=out.bytes_down)
             eval_totals, user_auc = self._evaluation(batch.user[evaluate], out.scores)
+            responder = getattr(self.processor, "responder", None)
+            if hasattr(responder, "take_stats"):  # CoCorrRec corrections over the topics
+                round_trips, correction_counters = responder.take_stats()
+                counters.update(corrections_answered=len(round_trips), **correction_counters)
             for event in out.emitted:
                 self._emit(event, k, counters)
         self.flush()
         return pending_ops, (devices, header, rows), {
             "counters": counters, "eval": eval_totals, "user_auc": user_auc,
-            "reasons": reasons}
+            "reasons": reasons, "round_trips": round_trips}
 
     @staticmethod
     def _evaluation(users: np.ndarray, scores: np.ndarray,

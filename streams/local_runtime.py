@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from dcrec.state.click_history import occurrence
@@ -34,6 +35,8 @@ class Pipeline:
     processor: DeviceProcessor
     cloud: CloudJob | None = None
     registry: ModelRegistry = field(default_factory=ModelRegistry)
+    # the cloud's answer to device requests (CoCorrRec's correction service), if any
+    service: Any = None
 
 
 @dataclass

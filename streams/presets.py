@@ -119,12 +119,13 @@ def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     torch.manual_seed(ctx.seed)
     factory = sequence_model_factory(name, ctx)
     registry = ModelRegistry()
-    service = CorrectionService(factory()) if name == "cocorrrec" else None
     cloud = WholeSequenceCloudJob(name, factory, ctx.n_users, training_config(name, ctx),
-                                  ctx.seed, registry, service)
-    processor = TTTProcessor(factory, service)
+                                  ctx.seed, registry)
+    corrected = name == "cocorrrec"
+    service = CorrectionService(factory, registry, name) if corrected else None
+    processor = TTTProcessor(factory, corrected, service.respond if service else None)
     processor.on_release(cloud.initial_release(), registry)
-    return Pipeline(processor=processor, cloud=cloud, registry=registry)
+    return Pipeline(processor=processor, cloud=cloud, registry=registry, service=service)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ runtime fires it at a simulated (or watermark) time, retrains and releases a mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from dcrec.state.device_state import StateRows, StateSpec
 from dcrec.streams.event_batch import EventBatch
-from dcrec.streams.schema import Event
+from dcrec.streams.schema import Event, ParamRequest, ParamResponse
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,14 @@ class Outputs:
     requests: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+
+
+# A runtime's way to the cloud for requests a device waits on (CoCorrRec corrections):
+# one response per request, None where none came back in time. The local runtime calls
+# the cloud's service in-process; the kafka runtime sends the requests to
+# ``param.requests`` and reads the answers from ``param.responses``. The processor
+# itself does no I/O.
+Responder = Callable[[list[ParamRequest]], list[ParamResponse | None]]
 
 
 class DeviceProcessor(Protocol):

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate"
     OUT_OF_ORDER = "out_of_order"
     UNSUPPORTED_VERSION = "unsupported_version"
+    BAD_PAYLOAD = "bad_payload"  # a request the cloud cannot answer (size, kind, version)
 
 
 class Rejected(msgspec.Struct, frozen=True):
@@ -128,22 +129,33 @@ class Hint(_Event, tag="hint"):
 
 
 class ParamRequest(_Event, tag="param_request"):
-    """IntellectReq request: the device's mis-recommendation score and sequence summary."""
+    """A device asking the cloud for parameters. ``kind`` ``params`` (IntellectReq):
+    its mis-recommendation score ``mrs`` and a sequence ``summary``; ``correction``
+    (CoCorrRec): ``payload`` holds the hidden states H of its current TTT mini-batch
+    (little-endian float16), ``position`` is its click count, ``version`` the model
+    version it serves."""
 
     device: int
     ts: int
-    mrs: float
+    mrs: float = 0.0
     summary: bytes = b""
+    kind: str = "params"
+    payload: bytes = b""
+    position: int = 0
+    version: int = 0
     v: int = SCHEMA_VERSION
 
 
 class ParamResponse(_Event, tag="param_response"):
-    """Parameters or a correction generated for one device by the cloud."""
+    """Parameters or a correction (float16 bytes) generated for one device by the
+    cloud with model ``version``, answering its request at click ``position``."""
 
     device: int
     ts: int
     version: int
     payload: bytes
+    kind: str = "params"
+    position: int = 0
     v: int = SCHEMA_VERSION
 
 
