@@ -95,11 +95,13 @@ class SCN(DotProductRecommender):
     ``correction`` (the ``cocorrrec`` preset; without it, ``scn``)."""
 
     def __init__(self, n_items: int, dim: int = 64, heads: int = 4, mini_batch: int = 10,
-                 base_lr: float = 1.0, correction: bool = False, gcn_hidden: int = 64) -> None:
+                 base_lr: float = 1.0, correction: bool = False, gcn_hidden: int = 64,
+                 dropout: float = 0.0) -> None:
         super().__init__(n_items)
         self.dim, self.heads, self.mini_batch_size = dim, heads, mini_batch
         self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.input_norm = nn.RMSNorm(dim, eps=1e-6)
+        self.dropout = nn.Dropout(dropout)  # on the hidden states while training
         self.ttt = TTTLinear(dim, heads, mini_batch, base_lr)
         self.post_norm = nn.LayerNorm(dim, eps=1e-6)
         self.out = nn.Linear(dim, dim, bias=False)
@@ -109,7 +111,7 @@ class SCN(DotProductRecommender):
 
     def hidden(self, items: torch.Tensor) -> torch.Tensor:
         """The hidden states H = RMSNorm(E[items]) (Eq. 8) a device uploads."""
-        return self.input_norm(self.item_embedding(items))
+        return self.dropout(self.input_norm(self.item_embedding(items)))
 
     def readout(self, heads_out: torch.Tensor) -> torch.Tensor:
         """``[N, H, K, f]`` TTT outputs → user vectors ``[N, K, d]`` (Eq. 11)."""

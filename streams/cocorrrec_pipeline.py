@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -133,6 +134,27 @@ class CorrectionService:
         return answers
 
 
+@dataclass
+class Clicked:
+    """Per click of a batch: the device's user vector after it, and its corrected form
+    where the cloud's correction came back."""
+
+    vector: np.ndarray
+    corrected_vector: np.ndarray
+    corrected: np.ndarray
+
+
+def neighbours(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For entries grouped by ``rows`` in stream order: each entry's previous entry of
+    the same row (-1 for the first), and the index of each row's last entry."""
+    order = np.argsort(rows, kind="stable")
+    same = rows[order][1:] == rows[order][:-1]
+    previous = np.full(len(rows), -1, np.int64)
+    previous[order[1:][same]] = order[:-1][same]
+    last = order[np.r_[~same, True]] if len(rows) else order
+    return previous, last
+
+
 class TTTProcessor:
     """The device side of ``scn`` and, with ``corrected``, ``cocorrrec``."""
 
@@ -157,89 +179,111 @@ class TTTProcessor:
         clicks = events.event == CLICK
         rows = batch.row[clicks]
         items = events.item[clicks].astype(np.int32) + 1
-        ts = events.ts[clicks]
+        b = self.model.mini_batch_size
         fresh = state["clicks"] == 0
         W0, b0 = (p.detach().numpy() for p in (self.model.ttt.W0, self.model.ttt.b0))
         state["W"][fresh], state["b"][fresh] = W0, b0
-        served = np.empty((len(items), self.model.dim), np.float32)
+        # each click's place in its device's sequence: its mini-batch (counted from the
+        # device's current one) and its position there
+        before = state["clicks"][rows] + occurrence(rows)
+        place = before % b
+        segment = before // b - state["clicks"][rows] // b
+        clicked = Clicked(np.empty((len(items), self.model.dim), np.float32),
+                          np.empty((len(items), self.model.dim), np.float32),
+                          np.zeros(len(items), bool))
+        first_served = self._serving_vector(state, rows)
         out = Outputs(scores=np.zeros((0, 0), np.float32))
-        rank = occurrence(rows)
-        for r in range(int(rank.max(initial=-1)) + 1):
-            k = np.flatnonzero(rank == r)            # each device's r-th click of the batch
-            served[k] = self._serving_vector(state, rows[k])
-            self._advance(state, batch.devices, rows[k], items[k], ts[k], out)
+        for s in range(int(segment.max(initial=-1)) + 1):
+            k = np.flatnonzero(segment == s)   # each device's clicks in its s-th mini-batch
+            state["tokens"][rows[k], place[k]] = items[k]
+            self._mini_batch(state, batch.devices, rows[k], place[k], before[k],
+                             events.ts[clicks][k], k, clicked, out)
+        state["clicks"] += np.bincount(rows, minlength=len(state["clicks"])).astype(np.int32)
+        previous, last = neighbours(rows)
+        has_previous = previous >= 0
+        served = first_served.copy()
+        p = previous[has_previous]
+        served[has_previous] = np.where(clicked.corrected[p, None], clicked.corrected_vector[p],
+                                        clicked.vector[p])
+        state["user"][rows[last]] = clicked.vector[last]
+        if self.corrected:
+            state["user_corrected"][rows[last]] = clicked.corrected_vector[last]
+            state["corrected"][rows[last]] = clicked.corrected[last]
         evaluated = batch.evaluate[clicks]
         candidates = torch.from_numpy(batch.candidates.astype(np.int64) + 1)
-        user = torch.from_numpy(served[evaluated])
-        out.scores = torch.einsum("nd,ncd->nc", user,
+        out.scores = torch.einsum("nd,ncd->nc", torch.from_numpy(served[evaluated]),
                                   self.model.item_embedding(candidates)).numpy()
         out.bytes_down += download(state["version"], self.version)
         return state, out
 
     def _serving_vector(self, state: StateRows, dev: np.ndarray) -> np.ndarray:
-        """The user vector each device serves its next click with: corrected by the
-        cloud when the correction came back."""
+        """The user vector a device holds for its next click: corrected by the cloud
+        when the correction came back."""
         if not self.corrected:
             return state["user"][dev]
         arrived = state["corrected"][dev] == 1
         return np.where(arrived[:, None], state["user_corrected"][dev], state["user"][dev])
 
-    def _advance(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
-                 items: np.ndarray, ts: np.ndarray, out: Outputs) -> None:
-        """One click per device in ``dev``: recompute its mini-batch, keep the output."""
+    def _mini_batch(self, state: StateRows, devices: np.ndarray, rows: np.ndarray,
+                    place: np.ndarray, before: np.ndarray, ts: np.ndarray, k: np.ndarray,
+                    clicked: Clicked, out: Outputs) -> None:
+        """Clicks ``k`` (devices ``rows`` at ``place``, in order) fall in their devices'
+        current mini-batch: recompute each such mini-batch from its TTT state, keep every
+        click's output, advance the state of the mini-batches now full."""
         model, b = self.model, self.model.mini_batch_size
-        place = state["clicks"][dev] % b
-        state["tokens"][dev, place] = items
+        dev = np.unique(rows)
+        slot = np.searchsorted(dev, rows)
         n = len(dev)
         W, bias, tokens = (torch.from_numpy(pad_rows(state[name][dev]))
                            for name in ("W", "b", "tokens"))
         tokens = tokens.long()
         user, W_next, b_next = model.mini_batch_outputs(W, bias, tokens)
-        at = torch.arange(n), torch.from_numpy(place.astype(np.int64))
-        state["user"][dev] = user[at].numpy()
+        at = torch.from_numpy(slot), torch.from_numpy(place.astype(np.int64))
+        clicked.vector[k] = user[at].numpy()
         if self.corrected:
-            self._correct(state, devices, dev, place, ts, (W, bias, tokens), out)
-        full = place == b - 1
+            self._correct(devices, rows, place, before, ts, slot, (W, bias, tokens),
+                          k, clicked, out)
+        full = np.zeros(n, bool)
+        full[slot[place == b - 1]] = True
         state["W"][dev[full]] = W_next[:n].numpy()[full]
         state["b"][dev[full]] = b_next[:n].numpy()[full]
         state["tokens"][dev[full]] = 0
-        state["clicks"][dev] += 1
 
-    def _correct(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
-                 place: np.ndarray, ts: np.ndarray,
+    def _correct(self, devices: np.ndarray, rows: np.ndarray, place: np.ndarray,
+                 before: np.ndarray, ts: np.ndarray, slot: np.ndarray,
                  mini_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                 out: Outputs) -> None:
-        """Ask the cloud for the correction of each device's new token (Eq. 13) and fuse
-        what comes back into its corrected user vector (Eq. 14–15)."""
-        model, n = self.model, len(dev)
+                 k: np.ndarray, clicked: Clicked, out: Outputs) -> None:
+        """Ask the cloud for the correction of each click's token (Eq. 13) and fuse what
+        comes back into the click's corrected output (Eq. 14–15)."""
+        model = self.model
         W, bias, tokens = mini_batch
-        hidden = model.hidden(tokens[:n]).numpy().astype(WIRE_DTYPE)
+        hidden = model.hidden(tokens).numpy().astype(WIRE_DTYPE)
         version = self.version.version if self.version is not None else 0
-        requests = [ParamRequest(device=int(devices[d]), ts=int(t), kind="correction",
-                                 payload=hidden[i, :p + 1].tobytes(),
-                                 position=int(state["clicks"][d]), version=version)
-                    for i, (d, t, p) in enumerate(zip(dev.tolist(), ts.tolist(),
-                                                      place.tolist(), strict=True))]
-        responses = self.responder(requests) if self.responder is not None else [None] * n
-        state["corrected"][dev] = 0
-        out.requests += n
+        requests = [ParamRequest(device=int(devices[r]), ts=int(t), kind="correction",
+                                 payload=hidden[s, :p + 1].tobytes(), position=int(q),
+                                 version=version)
+                    for r, t, s, p, q in zip(rows.tolist(), ts.tolist(), slot.tolist(),
+                                             place.tolist(), before.tolist(), strict=True)]
+        responses = (self.responder(requests) if self.responder is not None
+                     else [None] * len(requests))
+        out.requests += len(requests)
         out.bytes_up += sum(len(r.payload) for r in requests)
         got = [i for i, r in enumerate(responses) if r is not None
                and r.position == requests[i].position and r.version == version]
+        clicked.corrected[k] = False
         if not got:
             return
-        width = self.model.gcn.row_width if self.model.gcn is not None else 0
-        rows = np.zeros((len(W), width), np.float32)
+        assert model.gcn is not None
+        rows_t = torch.zeros(len(W), model.mini_batch_size, model.gcn.row_width)
         for i in got:
             payload = responses[i].payload  # type: ignore[union-attr]
-            rows[i] = np.frombuffer(payload, WIRE_DTYPE).astype(np.float32)
+            rows_t[slot[i], place[i]] = torch.from_numpy(
+                np.frombuffer(payload, WIRE_DTYPE).astype(np.float32))
             out.bytes_down += len(payload)
-        rows_t = torch.from_numpy(rows)[:, None, :].expand(-1, model.mini_batch_size, -1)
         corrected, _, _ = model.mini_batch_outputs(W, bias, tokens, rows_t)
-        at = torch.arange(n), torch.from_numpy(place.astype(np.int64))
-        vectors = corrected[at].numpy()
-        state["user_corrected"][dev[got]] = vectors[got]
-        state["corrected"][dev[got]] = 1
+        got_a = np.asarray(got)
+        clicked.corrected_vector[k[got_a]] = corrected[slot[got_a], place[got_a]].numpy()
+        clicked.corrected[k[got_a]] = True
 
 
 class WholeSequenceCloudJob:

@@ -193,3 +193,58 @@ def test_the_kafka_runtime_runs_cocorrrec_with_the_local_metrics(services) -> No
     assert corrections["answered"] == corrections["requests"] == local["comm"]["requests"]
     assert corrections["timeouts"] == 0 and corrections["round_trip_p50_ms"] > 0
     assert corrections["generate_ms_per_correction"] > 0
+
+
+def test_each_request_names_the_click_it_was_made_at() -> None:
+    """Requests carry the device's click count; a device's k-th click asks with the
+    hidden states of the clicks of its mini-batch up to it."""
+    def build() -> SCN:
+        torch.manual_seed(0)
+        return SCN(n_items=40, dim=8, heads=2, mini_batch=3, correction=True)
+
+    registry = ModelRegistry()
+    processor = TTTProcessor(build, corrected=True)
+    processor.on_release(registry.publish("cocorrrec", build().state_dict()), registry)
+    service = CorrectionService(build, registry, "cocorrrec")
+    seen: list = []
+    processor.responder = lambda requests: seen.extend(requests) or service.respond(requests)
+    table = DeviceStateTable(processor.state_spec, 2)
+    for batch in _click_batches([list(range(8)), list(range(5))], [4, 9]):
+        new_rows, _ = processor(table.gather(batch.devices), batch)
+        table.scatter(batch.devices, new_rows)
+    for device, n in ((0, 8), (1, 5)):
+        mine = [r for r in seen if r.device == device]
+        assert [r.position for r in mine] == list(range(n))
+        assert [len(r.payload) // (8 * 2) for r in mine] == [k % 3 + 1 for k in range(n)]
+
+
+@pytest.mark.parametrize("correction", [False, True])
+def test_every_click_is_scored_with_the_output_after_the_clicks_before_it(correction: bool):
+    """Predict-before-update, click by click: the device scores click t with the
+    (corrected) user vector the whole-sequence model gives after clicks 1..t-1."""
+    def build() -> SCN:
+        torch.manual_seed(0)
+        return SCN(n_items=40, dim=16, heads=4, mini_batch=4, correction=correction)
+
+    registry = ModelRegistry()
+    processor = TTTProcessor(build, correction)
+    processor.on_release(registry.publish("m", build().state_dict()), registry)
+    if correction:
+        processor.responder = CorrectionService(build, registry, "m").respond
+    items = np.random.default_rng(1).integers(0, 40, 23)
+    table = DeviceStateTable(processor.state_spec, 1)
+    scores = []
+    for lo, hi in [(0, 5), (5, 6), (6, 23)]:
+        events = EventBatch(np.arange(lo, hi), np.zeros(hi - lo, np.int64), items[lo:hi],
+                            np.arange(lo, hi), np.full(hi - lo, CLICK, np.int8))
+        batch = DeviceBatch.build(events, np.ones(hi - lo, bool),
+                                  np.tile(np.arange(40), (hi - lo, 1)))
+        new_rows, out = processor(table.gather(batch.devices), batch)
+        table.scatter(batch.devices, new_rows)
+        scores.append(out.scores)
+    model = build().eval()
+    with torch.no_grad():
+        user = model.outputs(torch.from_numpy(items[None] + 1))[0]
+        reference = (user @ model.item_embedding.weight[1:].T).numpy()
+    np.testing.assert_allclose(np.concatenate(scores)[1:], reference[:-1],
+                               atol=1e-4 if correction else 1e-5)
