@@ -377,6 +377,40 @@ def eval_(
     console.print(f"written: {out / stem}.{{json,md,png}}")
 
 
+@app.command("resources")
+def resources(
+    dataset: DatasetOption = "ml-100k",
+    lengths: Annotated[str, typer.Option(help="comma-separated history lengths")] = "10,15,20,25",
+    out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path(
+        "docs/results"),
+) -> None:
+    """Parameters, FLOPs and peak memory of one inference of each sequence model by
+    history length (CoCorrRec Table 4, Fig. 4); of the dataset only the catalogue size
+    is used (the item embeddings' share of the parameters)."""
+    from dcrec.replay.driver import load_log
+    from dcrec.replay.report import write_json
+    from dcrec.replay.resources import markdown, plot, resource_table
+
+    try:
+        length_list = tuple(int(s) for s in lengths.split(",") if s.strip())
+    except ValueError:
+        _fail(f"--lengths takes integers separated by commas, not {lengths!r}")
+    try:
+        log_ = load_log(dataset, WorldSettings(), seed=0, columns=None, kcore=0)
+        rows = resource_table(log_.n_items, length_list)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    stem = f"resources-{log_.name}"
+    table = markdown(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"dataset": log_.name, "n_items": log_.n_items, "rows": rows},
+               out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(table)
+    plot(rows, out / f"{stem}.png")
+    print(table)
+    console.print(f"written: {out / stem}.{{json,md,png}}")
+
+
 from dcrec import cli_ops  # noqa: E402, F401  (registers up / down on the app)
 
 
