@@ -56,10 +56,13 @@ _SEQUENCE_MODELS: dict[str, tuple[Callable[[PresetContext, int], SequentialRecom
     "gru4rec": (lambda c, d: GRU4Rec(c.n_items, embedding_dim=d, hidden_dim=d), 64, 1e-3, 0.0),
     "sasrec": (lambda c, d: SASRec(c.n_items, max_len=c.max_len, hidden_dim=d), 64, 1e-3, 0.0),
     "din": (lambda c, d: DIN(c.n_items, embedding_dim=d), 32, 5e-4, 1e-4),
-    # CoCorrRec §5.1.4: embedding 64, 4 heads, lr from {1e-3, …, 1e-2}
-    "scn": (lambda c, d: SCN(c.n_items, dim=d, mini_batch=c.ttt_mini_batch), 64, 1e-3, 0.0),
+    # CoCorrRec §5.1.4: embedding 64, 4 heads, lr from {1e-3, …, 1e-2}; dropout 0.5 on
+    # the hidden states, chosen on ML-100K validation (seed 0, best NDCG@10: 0.4800 at
+    # 0.5 and lr 1e-3; 0.4757 at lr 2e-3; 0.4628 at 0.3; none: training overfits early)
+    "scn": (lambda c, d: SCN(c.n_items, dim=d, mini_batch=c.ttt_mini_batch, dropout=0.5),
+            64, 1e-3, 0.0),
     "cocorrrec": (lambda c, d: SCN(c.n_items, dim=d, mini_batch=c.ttt_mini_batch,
-                                   correction=True), 64, 1e-3, 0.0),
+                                   correction=True, dropout=0.5), 64, 1e-3, 0.0),
 }
 
 
