@@ -248,3 +248,39 @@ def test_every_click_is_scored_with_the_output_after_the_clicks_before_it(correc
         reference = (user @ model.item_embedding.weight[1:].T).numpy()
     np.testing.assert_allclose(np.concatenate(scores)[1:], reference[:-1],
                                atol=1e-4 if correction else 1e-5)
+
+
+@pytest.mark.integration
+def test_a_device_serves_on_when_no_correction_comes_back(services) -> None:
+    """No correction server: the responder gives up after its timeout, counts the
+    requests as unanswered, and the processor serves its own vectors."""
+    from dcrec.config import KafkaRuntimeSettings as Settings
+    from dcrec.streams.correction_transport import KafkaResponder
+    from dcrec.streams.topics import create_topics
+    from kafka import KafkaProducer
+
+    create_topics(services.broker.url, Settings(), namespace="no-server")
+    producer = KafkaProducer(bootstrap_servers=services.broker.url)
+    responder = KafkaResponder(
+        services.broker.url, "no-server", 4,
+        lambda t, v, k, p, h: producer.send(t, v, key=k, partition=p), producer.flush, 0.3)
+
+    def build() -> SCN:
+        torch.manual_seed(0)
+        return SCN(n_items=40, dim=8, heads=2, mini_batch=3, correction=True)
+
+    registry = ModelRegistry()
+    processor = TTTProcessor(build, corrected=True, responder=responder)
+    processor.on_release(registry.publish("m", build().state_dict()), registry)
+    alone = TTTProcessor(build, corrected=False)
+    alone.on_release(registry.latest("m"), registry)
+    batch = _click_batches([[1, 2, 3, 4], [5, 6]], [])[0]
+    state, out = processor(DeviceStateTable(processor.state_spec, 2).gather(batch.devices),
+                           batch)
+    _, out_alone = alone(DeviceStateTable(alone.state_spec, 2).gather(batch.devices), batch)
+    round_trips, counters = responder.take_stats()
+    assert len(round_trips) == 0 and counters["correction_timeouts"] == 6
+    assert out.requests == 6 and not state["corrected"].any()
+    np.testing.assert_array_equal(out.scores, out_alone.scores)
+    responder.close()
+    producer.close()
