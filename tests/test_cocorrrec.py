@@ -254,12 +254,11 @@ def test_every_click_is_scored_with_the_output_after_the_clicks_before_it(correc
 def test_a_device_serves_on_when_no_correction_comes_back(services) -> None:
     """No correction server: the responder gives up after its timeout, counts the
     requests as unanswered, and the processor serves its own vectors."""
-    from dcrec.config import KafkaRuntimeSettings as Settings
     from dcrec.streams.correction_transport import KafkaResponder
     from dcrec.streams.topics import create_topics
     from kafka import KafkaProducer
 
-    create_topics(services.broker.url, Settings(), namespace="no-server")
+    create_topics(services.broker.url, KafkaRuntimeSettings(), namespace="no-server")
     producer = KafkaProducer(bootstrap_servers=services.broker.url)
     responder = KafkaResponder(
         services.broker.url, "no-server", 4,
