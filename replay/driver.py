@@ -175,5 +175,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "state_bytes_per_device": runtime.state.bytes_per_device,
         },
         "groups": evaluator.activity_groups(runtime.clicks_seen, config.activity_groups),
+        # CoCorrRec: the cloud's correction service, called in process here
+        **({"corrections": pipeline.service.summary()} if pipeline.service is not None else {}),
         "config": config.model_dump(),
     }

@@ -177,7 +177,8 @@ class CloudProcess:
                 self.cloud.observe(batch)
             self.slice = k + 1
         if self.end is not None and self.slice >= self.end:
-            self.client.set(self.keys("cloud", "boundary"), self.end)
+            if self.server is None:  # else: once the server's counters are written (run)
+                self.client.set(self.keys("cloud", "boundary"), self.end)
             self._flush_stats()
             return False
         return True
@@ -254,6 +255,8 @@ class CloudProcess:
             self._check_server()
             self.stats.update(self.server.summary())
             self._flush_stats()
+            if self.end is not None:  # the run is complete only with these counters
+                self.client.set(self.keys("cloud", "boundary"), self.end)
         self.producer.flush()
         self.consumer.close()
         self.producer.close()

@@ -97,6 +97,12 @@ class CorrectionService:
             self.loaded = version
         return True
 
+    def summary(self) -> dict[str, float]:
+        """Requests seen, answered, and the GCN's time to generate one correction."""
+        answered = self.requests - self.rejected
+        return {"requests": self.requests, "answered": answered,
+                "generate_ms_per_correction": 1000.0 * self.seconds / max(answered, 1)}
+
     @torch.inference_mode()
     def respond(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
         """A response per request; None for a request that cannot be answered (not a
