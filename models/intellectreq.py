@@ -75,12 +75,13 @@ class DistributionMapper(nn.Module):
         kl = torch.distributions.kl_divergence(posterior, prior).sum(-1)
         return F.binary_cross_entropy_with_logits(logits, labels) + beta * kl.mean()
 
-    def uncertainty(self, e: torch.Tensor, samples: int = 10,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. 17–18: ``Σ_k Var_i r̂_i^{(k)}`` over ``samples`` draws from the prior."""
+    def uncertainty(self, e: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Eq. 17–18: ``Σ_k Var_i r̂_i^{(k)}`` over draws ``z_i = μ + σ·noise_i`` from the
+        prior (``noise [n, latent]``, the same n standard normal draws for every row, so
+        a device's value does not depend on which devices share the call)."""
         prior = self._split(self.prior(e))
-        eps = torch.randn((samples, *prior.loc.shape), generator=generator)
-        r_hat = self.predict(e.expand(samples, *e.shape), prior.loc + prior.scale * eps)
+        z = prior.loc + prior.scale * noise[:, None, :]
+        r_hat = self.predict(e.expand(len(noise), *e.shape), z)
         return r_hat.var(dim=0).sum(-1)
 
 
@@ -93,17 +94,32 @@ class RequestAgentModel(nn.Module):
         self.mrd = nn.Sequential(nn.Linear(2 * dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.dm = DistributionMapper(dim, latent)
         self.combine = nn.Linear(2, 1)
-        self.samples = samples
+        # the n prior draws of Eq. 17, fixed with the model (common random numbers)
+        self.register_buffer("noise", torch.randn(samples, latent))
 
-    def mrs_logit(self, e_then: torch.Tensor, e_now: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def mrs_logit(self, e_then: torch.Tensor, e_now: torch.Tensor) -> torch.Tensor:
         """The logit of MRS for states ``e_then`` (at the parameters' generation) and
         ``e_now`` ``[N, d]`` (already through :attr:`encoder`)."""
         m = self.mrd(torch.cat([e_then, e_now], dim=-1)).squeeze(-1)
-        u = self.dm.uncertainty(e_now, self.samples, generator)
+        u = self.dm.uncertainty(e_now, self.noise)
         return self.combine(torch.stack([m, torch.log1p(u)], dim=-1)).squeeze(-1)
 
-    def mrs(self, e_then: torch.Tensor, e_now: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def mrs(self, e_then: torch.Tensor, e_now: torch.Tensor) -> torch.Tensor:
         """MRS in (0, 1): the chance parameters from ``e_then`` still serve ``e_now``."""
-        return torch.sigmoid(self.mrs_logit(e_then, e_now, generator))
+        return torch.sigmoid(self.mrs_logit(e_then, e_now))
+
+
+class IntellectReqModel(nn.Module):
+    """What a release carries: the EC-CDR recommender (static layers and generator) and
+    the request agent model, with the agent's encoder reading EC-CDR's static state."""
+
+    def __init__(self, n_items: int, dim: int = 32) -> None:
+        super().__init__()
+        from dcrec.models.ec_cdr import ECCDR
+
+        self.rec = ECCDR(n_items, dim)
+        self.agent = RequestAgentModel(dim)
+
+    def state_code(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """e = encoder(Ω(s)) ``[N, d]``: what MRD and DM read of a click sequence."""
+        return self.agent.encoder(self.rec.user_state(history, lengths))

@@ -108,6 +108,7 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
                          train_negatives=m.train_negatives,
                          upload_interval=config.upload_interval,
+                         request_budget=config.request_budget,
                          user_features=source.user_features)
 
 
@@ -175,7 +176,9 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "state_bytes_per_device": runtime.state.bytes_per_device,
         },
         "groups": evaluator.activity_groups(runtime.clicks_seen, config.activity_groups),
-        # CoCorrRec: the cloud's correction service, called in process here
-        **({"corrections": pipeline.service.summary()} if pipeline.service is not None else {}),
+        # the cloud service answering device requests (CoCorrRec corrections, EC-CDR
+        # parameters), called in process here
+        **({"cloud_service": pipeline.service.summary()}
+           if pipeline.service is not None else {}),
         "config": config.model_dump(),
     }

@@ -20,7 +20,7 @@ from dcrec.state.device_state import DeviceStateTable
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import CloudJob, DeviceBatch, DeviceProcessor, Outputs
-from dcrec.streams.schema import CLICK, Hint, Release, Upload, encode
+from dcrec.streams.schema import CLICK, Hint, Release, Threshold, Upload, encode
 
 # (positions, users, clicked items) -> candidates [N, 1 + negatives]
 CandidateSampler = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -58,6 +58,7 @@ class RunStats:
     upload_bytes: int = 0
     cloud_seconds: float = 0.0
     device_seconds: float = 0.0
+    thresholds: list[float] = field(default_factory=list)  # MRS thresholds the cloud set
     batch_latency_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -94,8 +95,9 @@ class LocalRuntime:
         self._route(out.emitted)
 
     def _route(self, events: list) -> None:
-        """Each emitted event to the hook of its consumer: releases and hints to the
-        device processor (``on_release``, ``on_hint``), uploads to the cloud job
+        """Each emitted event to the hook of its consumer: releases, hints and thresholds
+        to the device processor (``on_release``, ``on_hint``, ``on_threshold``), uploads
+        to the cloud job
         (``on_upload``); a consumer without the hook ignores the event."""
         processor, cloud = self.pipeline.processor, self.pipeline.cloud
         for event in events:
@@ -109,6 +111,10 @@ class LocalRuntime:
                 self.stats.hint_bytes += len(encode(event))
                 if hasattr(processor, "on_hint"):
                     processor.on_hint(event)
+            elif isinstance(event, Threshold):
+                self.stats.thresholds.append(event.threshold)
+                if hasattr(processor, "on_threshold"):
+                    processor.on_threshold(event)
             elif isinstance(event, Upload):
                 self.stats.upload_bytes += len(encode(event))
                 if cloud is not None and hasattr(cloud, "on_upload"):

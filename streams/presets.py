@@ -24,6 +24,12 @@ from dcrec.streams.cocorrrec_pipeline import (
     WholeSequenceCloudJob,
 )
 from dcrec.streams.dccl_pipeline import build_dccl, profile_matrix
+from dcrec.streams.intellectreq_pipeline import (
+    IntellectReqCloudJob,
+    ParameterRequestProcessor,
+    ParameterService,
+    ThresholdController,
+)
 from dcrec.streams.local_runtime import Pipeline
 from dcrec.streams.mc2sf_pipeline import build_mc2sf
 from dcrec.streams.river_mf import PopularityProcessor, RiverMFProcessor
@@ -46,6 +52,7 @@ class PresetContext:
     train_negatives: int = 4
     upload_interval: int = 3600
     ttt_mini_batch: int = 10  # CoCorrRec's TTT mini-batch size b (§5.4.2: 1 … 20)
+    request_budget: float = 0.1  # the share of clicks that may request parameters
     # each user's categorical attributes (age, gender, …), an array per attribute
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -131,6 +138,37 @@ def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     return Pipeline(processor=processor, cloud=cloud, registry=registry, service=service)
 
 
+# request policy of each EC-CDR preset (IntellectReq §4): bounds and the agents
+_REQUEST_POLICIES = {"ec-cdr": "always", "ec-cdr-static": "never", "random": "random",
+                     "intellectreq": "mrs"}
+
+
+def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
+    """An EC-CDR preset; IntellectReq §4 defaults (embedding 32, Adam lr 1e-3)."""
+    from dcrec.models.intellectreq import IntellectReqModel
+
+    torch.manual_seed(ctx.seed)
+    dim = ctx.embedding_dim or 32
+
+    def factory() -> IntellectReqModel:
+        torch.manual_seed(ctx.seed)
+        return IntellectReqModel(ctx.n_items, dim)
+
+    training = TrainingConfig(lr=ctx.lr or 1e-3, l2=ctx.l2 if ctx.l2 is not None else 0.0,
+                              batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
+                              n_negatives=ctx.train_negatives)
+    registry = ModelRegistry()
+    service = ParameterService(factory, registry, name, ctx.max_len)
+    policy = _REQUEST_POLICIES[name]
+    controller = ThresholdController(ctx.request_budget) if policy == "mrs" else None
+    cloud = IntellectReqCloudJob(name, factory, ctx.n_users, ctx.max_len, training, ctx.seed,
+                                 registry, service, controller)
+    processor = ParameterRequestProcessor(factory, ctx.max_len, policy, ctx.request_budget,
+                                          ctx.seed, service.respond)
+    processor.on_release(cloud.initial_release(), registry)
+    return Pipeline(processor=processor, cloud=cloud, registry=registry, service=service)
+
+
 @dataclass(frozen=True)
 class Preset:
     """A method: one line on what it is, and how to build its pipeline."""
@@ -160,6 +198,17 @@ PRESETS: dict[str, Preset] = {
                   "state per device), cloud-trained", lambda ctx: cocorrrec_pipeline("scn", ctx)),
     "cocorrrec": Preset("CoCorrRec: on-device TTT self-correction, corrected click by click by "
                         "the cloud's GCN", lambda ctx: cocorrrec_pipeline("cocorrrec", ctx)),
+    "ec-cdr": Preset("EC-CDR (DUET-style): each device asks the cloud for generated "
+                     "parameters at every click (IntellectReq's upper bound)",
+                     lambda ctx: intellectreq_pipeline("ec-cdr", ctx)),
+    "ec-cdr-static": Preset("EC-CDR with the generic parameters only: devices never ask "
+                            "(IntellectReq's lower bound)",
+                            lambda ctx: intellectreq_pipeline("ec-cdr-static", ctx)),
+    "random": Preset("EC-CDR, each click asking with the --request-budget probability",
+                     lambda ctx: intellectreq_pipeline("random", ctx)),
+    "intellectreq": Preset("IntellectReq: a device asks for EC-CDR parameters when its "
+                           "mis-recommendation score is under the cloud's load-aware "
+                           "threshold", lambda ctx: intellectreq_pipeline("intellectreq", ctx)),
     "river-mf": Preset("river's online BiasedMF, learning from every click",
                        lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed))),
     "popularity": Preset("items ranked by their clicks so far",

@@ -1,13 +1,28 @@
-"""IntellectReq's agent model: labels from history, the DM's uncertainty, MRS."""
+"""IntellectReq: the agent model (labels from history, the DM's uncertainty, MRS) and
+the presets on the stream (bounds, budgets, the service, the threshold controller)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from dcrec.models.intellectreq import (
     DistributionMapper,
     RequestAgentModel,
     mis_recommendation_label,
 )
+from dcrec.replay.driver import run_replay
+from dcrec.state.registry import ModelRegistry
+from dcrec.streams.intellectreq_pipeline import (
+    ParameterService,
+    ThresholdController,
+    flatten,
+    unflatten,
+    window_after,
+)
+from dcrec.streams.schema import ParamRequest
+
+from dcrec.config import ReplayConfig, WorldSettings
 
 
 def test_the_label_marks_predictions_the_stale_parameters_got_wrong() -> None:
@@ -26,9 +41,10 @@ def test_uncertainty_is_the_spread_across_prior_samples() -> None:
         dm.prior[-1].weight.zero_()
         dm.prior[-1].bias.zero_()
         dm.prior[-1].bias[4:] = -30.0      # log-variance, clamped at -8: σ ≈ 0.018
-        narrow = dm.uncertainty(e, samples=200)
+        noise = torch.randn(200, 4)
+        narrow = dm.uncertainty(e, noise)
         dm.prior[-1].bias[4:] = 0.0        # σ = 1
-        wide = dm.uncertainty(e, samples=200)
+        wide = dm.uncertainty(e, noise)
     assert (narrow < 1e-3).all() and (wide > 1000 * narrow).all()
 
 
@@ -70,3 +86,79 @@ def test_mrs_is_a_probability_and_learns_which_devices_drifted() -> None:
         mrs = agent.mrs(then, now)
     assert ((mrs > 0) & (mrs < 1)).all()
     assert mrs[~moved].mean() > 0.8 and mrs[moved].mean() < 0.2
+
+
+REPLAY = ReplayConfig(dataset="world", method="ec-cdr", seed=0, request_budget=0.2,
+                      world=WorldSettings(users=120, items=150, events=6000))
+
+
+def test_the_bounds_request_at_every_click_or_never() -> None:
+    always = run_replay(REPLAY)
+    never = run_replay(REPLAY.model_copy(update={"method": "ec-cdr-static"}))
+    clicks = always["events"]["clicks"]
+    assert always["comm"]["requests"] == clicks == always["cloud_service"]["answered"]
+    assert always["comm"]["bytes_up"] > 0
+    assert never["comm"]["requests"] == 0 and never["comm"]["bytes_up"] == 0
+    assert always["perf"]["state_bytes_per_device"] <= 8 * 1024
+
+
+@pytest.mark.parametrize("method", ["random", "intellectreq"])
+def test_the_budgeted_agents_request_a_share_of_clicks(method: str) -> None:
+    report = run_replay(REPLAY.model_copy(update={"method": method}))
+    rate = report["comm"]["request_rate"]
+    assert 0.0 < rate < 0.6
+
+
+def test_generated_parameters_round_trip_through_their_flat_form() -> None:
+    torch.manual_seed(0)
+    from dcrec.models.ec_cdr import ECCDR
+
+    model = ECCDR(n_items=20, dim=8)
+    params = model.generate(torch.tensor([[3, 4, 0]]), torch.tensor([2]))
+    again = unflatten(flatten(params), model.generator.layer_sizes)
+    for (W, b), (W2, b2) in zip(params, again, strict=True):
+        torch.testing.assert_close(W, W2)
+        torch.testing.assert_close(b, b2)
+
+
+def test_a_window_after_a_click_drops_the_oldest_when_full() -> None:
+    windows = np.array([[1, 2, 3], [4, 0, 0]], np.int32)
+    after, lengths = window_after(windows, np.array([3, 1], np.int32), np.array([9, 8]))
+    assert after.tolist() == [[2, 3, 9], [4, 8, 0]] and lengths.tolist() == [3, 2]
+
+
+def test_the_service_answers_windows_and_refuses_what_it_cannot() -> None:
+    from dcrec.models.intellectreq import IntellectReqModel
+
+    def build() -> IntellectReqModel:
+        torch.manual_seed(0)
+        return IntellectReqModel(n_items=20, dim=8)
+
+    registry = ModelRegistry()
+    version = registry.publish("ir", build().state_dict()).version
+    service = ParameterService(build, registry, "ir", max_len=5)
+    good = np.array([3, 4, 5], "<i4").tobytes()
+    answers = service.respond([
+        ParamRequest(device=1, ts=0, kind="params", summary=good, version=version),
+        ParamRequest(device=2, ts=0, kind="params", summary=good[:-1], version=version),
+        ParamRequest(device=3, ts=0, kind="params", summary=np.array([99], "<i4").tobytes(),
+                     version=version),
+        ParamRequest(device=4, ts=0, kind="params", summary=good * 2, version=version),
+        ParamRequest(device=5, ts=0, kind="correction", payload=good, version=version),
+    ])
+    assert answers[0] is not None and answers[1:] == [None] * 4
+    assert len(answers[0].payload) == 2 * (2 * (8 * 8 + 8))
+    assert service.take_load() == 5 and service.take_load() == 0
+
+
+def test_the_threshold_tightens_under_load_and_relaxes_when_it_falls() -> None:
+    controller = ThresholdController(budget=0.1)
+    controller.observe(np.linspace(0, 1, 1001))
+    first = controller.update(requests=10, clicks=100, seconds=86400, now=0).threshold
+    tighter = controller.update(requests=40, clicks=100, seconds=86400, now=1).threshold
+    assert tighter < first
+    looser = controller.update(requests=1, clicks=100, seconds=86400, now=2).threshold
+    assert looser > tighter
+    # a cloud that can answer 1 request per hour affords 24 of 1,000 clicks a day
+    capped = ThresholdController(budget=0.5, capacity=1 / 3600)
+    assert capped.affordable(clicks=1000, seconds=86400) == pytest.approx(0.024)

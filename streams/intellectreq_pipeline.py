@@ -1,0 +1,400 @@
+"""IntellectReq on the stream (Lv et al., WWW 2024): devices serve EC-CDR with
+cloud-generated parameters and ask for new ones only when their request agent says the
+old ones no longer pay (the ``ec-cdr``, ``ec-cdr-static``, ``intellectreq`` and
+``random`` presets).
+
+Device (:class:`ParameterRequestProcessor`), per click in stream order:
+
+- the click is scored with the static layers Ω on the clicks before it and the dynamic
+  layers' parameters the device holds (Eq. 3–7) — *before* the device learns from it;
+  a device that never received parameters uses the generic ones (the generator on an
+  empty sequence, shipped with the release);
+- then the device decides whether to ask the cloud for parameters generated from its
+  clicks so far: ``ec-cdr`` at every click, ``ec-cdr-static`` never, ``random`` with the
+  budget's probability, ``intellectreq`` when its mis-recommendation score
+  MRS(e_{t′}, e_T) ≤ the cloud's threshold (Eq. 19–20). A request (``param.requests``)
+  carries its click window; the answer (``param.responses``) the generated parameters
+  (float16), which serve its next clicks.
+
+Cloud (:class:`IntellectReqCloudJob`), each cloud interval: continues training EC-CDR
+on the clicks since the last job (Eq. 6), then the request agent — MRD on labels history
+gives for free (parameters from the window g clicks earlier applied now: was each
+candidate predicted right? Eq. 7–9) and DM (Eq. 11–16) — and sets the threshold
+(:class:`ThresholdController`). The :class:`ParameterService` answers requests with the
+generator of the version the device serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from dcrec.models.ec_cdr import Generated
+from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
+from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
+from dcrec.state import click_history
+from dcrec.state.device_state import StateField, StateRows, StateSpec
+from dcrec.state.registry import ModelRegistry, ModelVersion, download
+from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.processor import DeviceBatch, Outputs, Responder
+from dcrec.streams.schema import CLICK, ParamRequest, ParamResponse, Release, Threshold
+from dcrec.streams.sequence_pipeline import CloudClickWindows
+from torch.nn import functional as F
+
+WIRE_DTYPE = np.float16     # generated parameters down
+POLICIES = ("always", "never", "random", "mrs")
+
+
+def flatten(params: Generated) -> torch.Tensor:
+    """Generated parameters ``[N, P]``, layer by layer (W then b)."""
+    return torch.cat([t.reshape(len(t), -1) for W, b in params for t in (W, b)], dim=1)
+
+
+def unflatten(flat: torch.Tensor, sizes: list[tuple[int, int]]) -> Generated:
+    """:func:`flatten` undone for dynamic layers of ``sizes``."""
+    params, offset = [], 0
+    for i, o in sizes:
+        W = flat[:, offset:offset + i * o].reshape(-1, i, o)
+        offset += i * o
+        params.append((W, flat[:, offset:offset + o]))
+        offset += o
+    return params
+
+
+def window_after(windows: np.ndarray, lengths: np.ndarray,
+                 items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left-aligned windows with ``items`` appended (the oldest click dropped when full)."""
+    width = windows.shape[1]
+    full = lengths >= width
+    after = windows.copy()
+    after[full] = np.roll(windows[full], -1, axis=1)
+    place = np.where(full, width - 1, lengths)
+    after[np.arange(len(after)), place] = items
+    return after, np.minimum(lengths + 1, width).astype(lengths.dtype)
+
+
+def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
+    """A device's state: click window, its parameters and the state code they were
+    generated at (e_{t′}), the model version."""
+    return {
+        "seq": StateField("int32", (max_len,)),
+        "length": StateField("int32"),
+        "clicks": StateField("int32"),
+        "params": StateField("float16", (n_params,)),
+        "has_params": StateField("int8"),
+        "code": StateField("float32", (dim,)),
+        "version": StateField("int32"),
+    }
+
+
+def request_draw(devices: np.ndarray, clicks: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number per (device, click count), the same in every runtime."""
+    mixed = (devices.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ (clicks.astype(np.uint64) + np.uint64(seed)) * np.uint64(0xBF58476D1CE4E5B9))
+    return ((mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)).astype(np.float64)
+
+
+class ParameterService:
+    """The cloud's generator answering parameter requests (Eq. 4–5): parameters from
+    the click window a device sends, with the model version it serves."""
+
+    def __init__(self, build_model: Callable[[], IntellectReqModel], registry: ModelRegistry,
+                 name: str, max_len: int) -> None:
+        self.model = build_model().eval()
+        self.registry, self.name, self.max_len = registry, name, max_len
+        self.loaded: int | None = None
+        self.requests = self.rejected = self.load = 0
+        self.seconds = 0.0
+
+    def _load(self, version: int) -> bool:
+        if self.loaded != version:
+            found = self.registry.version(self.name, version)
+            if found is None:
+                return False
+            self.model.load_state_dict(self.registry.load(found))
+            self.model.eval()
+            self.loaded = version
+        return True
+
+    def summary(self) -> dict[str, float]:
+        answered = self.requests - self.rejected
+        return {"requests": self.requests, "answered": answered,
+                "generate_ms_per_request": 1000.0 * self.seconds / max(answered, 1)}
+
+    def take_load(self) -> int:
+        """Requests since the last call (the cloud's load)."""
+        load, self.load = self.load, 0
+        return load
+
+    @torch.inference_mode()
+    def respond(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
+        """A response per request; None for one that cannot be answered (not a
+        parameter request, a window that is not int32 item ids of at most ``max_len``
+        known items, an unknown model version)."""
+        started = time.perf_counter()
+        n_items = self.model.rec.n_items
+        answers: list[ParamResponse | None] = [None] * len(requests)
+        for version in sorted({r.version for r in requests}):
+            mine, windows = [], []
+            for k, r in enumerate(requests):
+                if r.version != version or r.kind != "params" or len(r.summary) % 4:
+                    continue
+                ids = np.frombuffer(r.summary, "<i4")
+                if 0 < len(ids) <= self.max_len and ids.min() >= 1 and ids.max() <= n_items:
+                    mine.append(k)
+                    windows.append(ids)
+            if not mine or not self._load(version):
+                continue
+            history = np.zeros((len(mine), self.max_len), np.int64)
+            lengths = np.array([len(w) for w in windows])
+            for row, w in enumerate(windows):
+                history[row, :len(w)] = w
+            params = self.model.rec.generate(torch.from_numpy(pad_rows(history)),
+                                             torch.from_numpy(pad_rows(lengths)))
+            payloads = flatten(params)[:len(mine)].numpy().astype(WIRE_DTYPE)
+            for row, k in enumerate(mine):
+                r = requests[k]
+                answers[k] = ParamResponse(device=r.device, ts=r.ts, version=version,
+                                           payload=payloads[row].tobytes(), kind="params",
+                                           position=r.position)
+        self.requests += len(requests)
+        self.load += len(requests)
+        self.rejected += sum(a is None for a in answers)
+        self.seconds += time.perf_counter() - started
+        return answers
+
+
+class ParameterRequestProcessor:
+    """The device side of the EC-CDR presets: serve, then decide whether to request."""
+
+    def __init__(self, build_model: Callable[[], IntellectReqModel], max_len: int,
+                 policy: str, budget: float, seed: int,
+                 responder: Responder | None = None, threshold: float = 0.5) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown request policy {policy!r}; known: {POLICIES}")
+        self.model = build_model().eval()
+        self.max_len, self.policy, self.budget, self.seed = max_len, policy, budget, seed
+        self.responder = responder
+        self.threshold = threshold
+        self.sizes = self.model.rec.generator.layer_sizes
+        n_params = sum(i * o + o for i, o in self.sizes)
+        self.state_spec = agent_spec(max_len, n_params, self.model.rec.dim)
+        self.version: ModelVersion | None = None
+        self.generic = np.zeros(n_params, np.float32)
+
+    def on_release(self, version: ModelVersion, registry: ModelRegistry) -> None:
+        self.model.load_state_dict(registry.load(version))
+        self.model.eval()
+        self.version = version
+        with torch.inference_mode():  # the parameters of a device that never asked
+            empty = torch.zeros(1, 1, dtype=torch.long)
+            self.generic = flatten(self.model.rec.generate(
+                empty, torch.zeros(1, dtype=torch.long)))[0].numpy()
+
+    def on_threshold(self, event: Threshold) -> None:
+        self.threshold = event.threshold
+
+    @torch.inference_mode()
+    def __call__(self, state: StateRows, batch: DeviceBatch) -> tuple[StateRows, Outputs]:
+        state = {name: column.copy() for name, column in state.items()}
+        events = batch.events
+        clicks = events.event == CLICK
+        rows = batch.row[clicks]
+        items = events.item[clicks].astype(np.int32) + 1
+        advanced = click_history.advance(state["seq"], state["length"], rows, items)
+        evaluated = batch.evaluate[clicks]
+        eval_index = np.cumsum(evaluated) - 1
+        scores = np.zeros(batch.candidates.shape, np.float32)
+        out = Outputs(scores=scores)
+        rank = click_history.occurrence(rows)
+        for r in range(int(rank.max(initial=-1)) + 1):
+            k = np.flatnonzero(rank == r)             # each device's r-th click of the batch
+            dev = rows[k]
+            before, before_len = advanced.windows[k], advanced.lengths[k]
+            params = np.where(state["has_params"][dev, None] == 1,
+                              state["params"][dev].astype(np.float32), self.generic[None])
+            served = evaluated[k]
+            if served.any():
+                s = k[served]
+                scores[eval_index[s]] = self._score(before[served], before_len[served],
+                                                    params[served],
+                                                    batch.candidates[eval_index[s]] + 1)
+            after, after_len = window_after(before, before_len, items[k])
+            self._maybe_request(state, batch.devices, dev, events.ts[clicks][k], after,
+                                after_len, out)
+            state["clicks"][dev] += 1
+        state["seq"], state["length"] = advanced.seq, advanced.length
+        out.bytes_down += download(state["version"], self.version)
+        return state, out
+
+    def _score(self, history: np.ndarray, lengths: np.ndarray, params: np.ndarray,
+               candidates: np.ndarray) -> np.ndarray:
+        n = len(history)
+        rec = self.model.rec
+        h, n_, p, c = (torch.from_numpy(pad_rows(a)) for a in (
+            history.astype(np.int64), lengths.astype(np.int64), params, candidates.astype(
+                np.int64)))
+        scores = rec.score(h, n_, c, unflatten(p, self.sizes))
+        return scores[:n].numpy()
+
+    def _maybe_request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
+                       ts: np.ndarray, after: np.ndarray, after_len: np.ndarray,
+                       out: Outputs) -> None:
+        """The request decision after each device's click, and the requests' answers."""
+        n = len(dev)
+        code = self.model.state_code(torch.from_numpy(pad_rows(after.astype(np.int64))),
+                                     torch.from_numpy(pad_rows(after_len.astype(np.int64))))
+        code = code[:n].numpy()
+        mrs = np.ones(n)
+        if self.policy == "always":
+            ask = np.ones(n, bool)
+        elif self.policy == "never":
+            ask = np.zeros(n, bool)
+        elif self.policy == "random":
+            ask = request_draw(devices[dev], state["clicks"][dev], self.seed) < self.budget
+        else:
+            then = torch.from_numpy(pad_rows(state["code"][dev]))
+            mrs = self.model.agent.mrs(then, torch.from_numpy(pad_rows(code)))[:n].numpy()
+            ask = mrs <= self.threshold  # a fresh device's code is 0: far from any now
+        asking = np.flatnonzero(ask)
+        if len(asking) == 0 or self.responder is None:
+            return
+        version = self.version.version if self.version is not None else 0
+        requests = [ParamRequest(device=int(devices[dev[i]]), ts=int(ts[i]),
+                                 mrs=float(mrs[i]), kind="params",
+                                 summary=after[i, :after_len[i]].astype("<i4").tobytes(),
+                                 position=int(state["clicks"][dev[i]]), version=version)
+                    for i in asking.tolist()]
+        answers = self.responder(requests)
+        out.requests += len(requests)
+        out.bytes_up += sum(len(r.summary) for r in requests)
+        for i, request, answer in zip(asking.tolist(), requests, answers, strict=True):
+            if answer is None or answer.position != request.position \
+                    or answer.version != version:
+                continue
+            d = dev[i]
+            state["params"][d] = np.frombuffer(answer.payload, WIRE_DTYPE)
+            state["has_params"][d] = 1
+            state["code"][d] = code[i]
+            out.bytes_down += len(answer.payload)
+
+
+class ThresholdController:
+    """Sets the MRS threshold (Eq. 19–20) so the request rate meets what the cloud can
+    afford: the budget share of clicks, and at most ``capacity`` requests per second
+    of event time. The threshold is the q-quantile of recent MRS values (the MRS of the
+    cloud's training pairs); q follows the affordable rate, and is corrected by the
+    request rate actually seen (more requests than affordable → q shrinks, the
+    threshold tightens; fewer → it relaxes)."""
+
+    def __init__(self, budget: float, capacity: float | None = None,
+                 window: int = 20_000) -> None:
+        self.budget, self.capacity = budget, capacity
+        self.level = budget
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, mrs: np.ndarray) -> None:
+        self.recent.extend(np.asarray(mrs, np.float64).tolist())
+
+    def affordable(self, clicks: int, seconds: float) -> float:
+        """The share of clicks the cloud can answer over ``seconds`` of event time."""
+        rate = self.budget
+        if self.capacity is not None and clicks:
+            rate = min(rate, self.capacity * seconds / clicks)
+        return rate
+
+    def update(self, requests: int, clicks: int, seconds: float, now: int) -> Threshold:
+        target = self.affordable(clicks, seconds)
+        if clicks and requests:
+            seen = requests / clicks
+            self.level = float(np.clip(self.level * np.sqrt(target / seen), 1e-4, 1.0))
+        elif clicks:
+            self.level = float(min(1.0, max(self.level, target) * 2))
+        values = np.fromiter(self.recent, np.float64) if self.recent else np.array([0.5])
+        threshold = float(np.quantile(values, self.level))
+        return Threshold(ts=now, threshold=threshold,
+                         load=requests / clicks if clicks else 0.0, capacity=target)
+
+
+class IntellectReqCloudJob:
+    """Cloud side: click windows, EC-CDR training, request-agent training, threshold."""
+
+    def __init__(self, name: str, build_model: Callable[[], IntellectReqModel], n_users: int,
+                 max_len: int, training: TrainingConfig, seed: int, registry: ModelRegistry,
+                 service: ParameterService, controller: ThresholdController | None,
+                 max_gap: int = 8) -> None:
+        self.name = name
+        self.model = build_model()
+        self.trainer = IncrementalTrainer(self.model.rec, training, seed)
+        self.agent_optimizer = torch.optim.Adam(self.model.agent.parameters(), lr=training.lr)
+        self.training = training
+        self.registry, self.service, self.controller = registry, service, controller
+        self.windows = CloudClickWindows(n_users, max_len)
+        self.max_gap = max_gap
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_run: int | None = None
+
+    def initial_release(self) -> ModelVersion:
+        return self.registry.publish(self.name, self.model.state_dict())
+
+    def observe(self, events: EventBatch) -> None:
+        self.windows.observe(events)
+
+    def run(self, now: int) -> Outputs | None:
+        samples = self.windows.take()
+        since = now - self.last_run if self.last_run is not None else 0
+        self.last_run = now
+        if samples is None:
+            return None
+        windows, lengths, targets, _ = samples
+        self.trainer.fit(windows, lengths, targets)
+        emitted: list = []
+        if self.controller is not None:
+            mrs = self._train_agent(windows, lengths, targets)
+            self.controller.observe(mrs)
+            emitted.append(self.controller.update(self.service.take_load(), len(targets),
+                                                  since, now))
+        version = self.registry.publish(self.name, self.model.state_dict())
+        emitted.insert(0, Release(model=self.name, version=version.version, ts=now,
+                                  checksum=version.checksum))
+        return Outputs(scores=np.zeros((0, 0), dtype=np.float32), emitted=emitted)
+
+    def _train_agent(self, windows: np.ndarray, lengths: np.ndarray,
+                     targets: np.ndarray) -> np.ndarray:
+        """MRD + combiner on the free labels of Eq. 7–9 and DM (Eq. 14–16), EC-CDR
+        fixed; returns the MRS of the pairs after training."""
+        rec, agent = self.model.rec, self.model.agent
+        n = len(targets)
+        w, n_, t = (torch.from_numpy(a.astype(np.int64)) for a in (windows, lengths, targets))
+        gap = torch.randint(1, self.max_gap + 1, (n,), generator=self.generator)
+        then_len = (n_ - gap).clamp(min=0)
+        then = torch.where(torch.arange(w.shape[1])[None] < then_len[:, None], w, 0)
+        negatives = torch.randint(1, rec.n_items + 1, (n, self.training.n_negatives),
+                                  generator=self.generator)
+        candidates = torch.cat([t[:, None], negatives], dim=1)
+        labels = torch.zeros(candidates.shape)
+        labels[:, 0] = 1.0
+        with torch.no_grad():
+            u_now, u_then = rec.user_state(w, n_), rec.user_state(then, then_len)
+            stale = rec.generate(then, then_len)
+            targets_t = rec.target_trans(rec.item_embedding(candidates))
+            logits = torch.einsum("nd,ncd->nc", rec.user_vector(u_now, stale), targets_t)
+            still_right = mis_recommendation_label(logits, labels).mean(1)  # Eq. 8, per step
+        agent.train()
+        for _ in range(self.training.epochs):
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n, self.training.batch_size):
+                i = order[start:start + self.training.batch_size]
+                e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
+                loss = (F.binary_cross_entropy_with_logits(agent.mrs_logit(e_then, e_now),
+                                                           still_right[i])
+                        + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
+                self.agent_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.agent_optimizer.step()
+        agent.eval()
+        with torch.no_grad():
+            return agent.mrs(agent.encoder(u_then), agent.encoder(u_now)).numpy()
