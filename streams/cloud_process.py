@@ -27,11 +27,18 @@ from dcrec.streams.device_messages import after_position, decode_slice, header, 
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import CloudJob, Outputs
 from dcrec.streams.run_keys import read_progress
-from dcrec.streams.schema import Hint, Release, Upload
+from dcrec.streams.schema import Hint, Release, Threshold, Upload
 from dcrec.streams.schema import decode as decode_event
 from dcrec.streams.schema import encode as encode_event
 from dcrec.streams.slices import JobClock
-from dcrec.streams.topics import DEVICE_TOPICS, HINTS, RELEASES, UPLOADS, topic_name
+from dcrec.streams.topics import (
+    DEVICE_TOPICS,
+    HINTS,
+    RELEASES,
+    THRESHOLD,
+    UPLOADS,
+    topic_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +169,15 @@ class CloudProcess:
         self._poll()
         while self._slice_ready(self.slice):
             k = self.slice
+            # uploads, and requests the cloud's service answered (its load, which sets
+            # IntellectReq's threshold), of the slices before k are all in before k's
+            # jobs, as in the local runtime
+            if self.aligned and (self.wants_uploads or self.server is not None):
+                while not self._workers_done(k):
+                    self._check_server()
+                    self._poll(10)
             if self.wants_uploads:
                 if self.aligned:
-                    while not self._workers_done(k):
-                        self._poll(10)
                     self._catch_up_uploads()
                 self._apply_uploads(k - 1)
             batch, watermark = self._take(k)
@@ -198,6 +210,7 @@ class CloudProcess:
         self.stats["bytes_down"] += out.bytes_down
         releases: dict[str, int] = {}
         hints: dict[int, bytes] = {}
+        threshold: bytes | None = None
         for event in out.emitted:
             if isinstance(event, Release):
                 version = self.local_registry.latest(event.model)
@@ -210,6 +223,10 @@ class CloudProcess:
                 self.stats["releases"] += 1
                 self.producer.send(topic_name(RELEASES, self.namespace), encode_event(event),
                                    key=event.model.encode())
+            elif isinstance(event, Threshold):  # IntellectReq: to every device
+                threshold = encode_event(event)
+                self.stats["thresholds"] += 1
+                self.producer.send(topic_name(THRESHOLD, self.namespace), threshold)
             elif isinstance(event, Hint):
                 raw = encode_event(event)
                 hints[event.device] = raw
@@ -224,6 +241,8 @@ class CloudProcess:
                 pipe.hset(self.keys("cloud", "releases", k), mapping=releases)
             if hints:
                 pipe.hset(self.keys("cloud", "hints", k), mapping=hints)
+            if threshold is not None:
+                pipe.zadd(self.keys("cloud", "thresholds"), {threshold: k})
             pipe.zadd(self.keys("cloud", "jobs"), {k: k})
             pipe.hset(self.keys("cloud", "job_time"), k, at)  # event time it was due
             pipe.execute()

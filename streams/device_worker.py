@@ -49,6 +49,7 @@ from dcrec.streams.schema import (
     CLICK,
     Hint,
     ParamRequest,
+    Threshold,
     Upload,
     dead_letter,
     decode,
@@ -256,6 +257,8 @@ class DeviceWorker:
                                   if device_partition(int(d), cfg.partitions) in owned})
             applied = max(applied, upper)
         await self._redis(lambda: self._serve(versions))
+        if hasattr(self.processor, "on_threshold"):  # the latest threshold set by then
+            await self._redis(lambda: self._apply_threshold(upper))
 
         decoded = decode_slice([(e.value, e.headers, e.timestamp_ms) for e in entries],
                                cfg.n_devices, cfg.n_items)
@@ -420,6 +423,14 @@ class DeviceWorker:
             if hasattr(self.processor, "on_release"):
                 self.processor.on_release(version, self.registry)
             self.loaded[model] = want
+
+    def _apply_threshold(self, upper: int) -> None:
+        latest = self.client.zrevrangebyscore(self.keys("cloud", "thresholds"), upper,
+                                              "-inf", start=0, num=1)
+        if latest:
+            event = decode(latest[0])
+            if isinstance(event, Threshold):
+                self.processor.on_threshold(event)  # type: ignore[attr-defined]
 
     def _cloud_boundary(self) -> int:
         raw = self.client.get(self.keys("cloud", "boundary"))

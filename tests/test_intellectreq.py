@@ -162,3 +162,24 @@ def test_the_threshold_tightens_under_load_and_relaxes_when_it_falls() -> None:
     # a cloud that can answer 1 request per hour affords 24 of 1,000 clicks a day
     capped = ThresholdController(budget=0.5, capacity=1 / 3600)
     assert capped.affordable(clicks=1000, seconds=86400) == pytest.approx(0.024)
+
+
+@pytest.mark.integration
+def test_the_kafka_runtime_runs_intellectreq_with_the_local_metrics(services) -> None:
+    """Requests and parameters travel on param.requests / param.responses, thresholds
+    reach the workers at the local runtime's slice, and the results are the local
+    runtime's."""
+    from dcrec.replay.driver import open_source
+    from dcrec.replay.kafka_replay import run_kafka_replay
+
+    from dcrec.config import KafkaRuntimeSettings
+
+    config = REPLAY.model_copy(update={"method": "intellectreq"})
+    local = run_replay(config)
+    kafka = run_kafka_replay(config, open_source(config), KafkaRuntimeSettings(
+        broker=services.broker.url, redis=services.redis.url, workers=2), timeout=900)
+    for name, value in local["metrics"].items():
+        assert kafka["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    for name in ("requests", "bytes_up", "bytes_down", "releases", "cloud_jobs"):
+        assert kafka["comm"][name] == local["comm"][name], name
+    assert 0 < local["comm"]["requests"] < local["events"]["clicks"]
