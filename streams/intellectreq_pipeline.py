@@ -29,10 +29,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from dcrec.models.ec_cdr import Generated
+from dcrec.models.ec_cdr import ECCDR, Generated
 from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
 from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
@@ -319,6 +320,39 @@ class ThresholdController:
                          load=requests / clicks if clicks else 0.0, capacity=target)
 
 
+@dataclass(frozen=True)
+class MRDPairs:
+    """Training pairs of MRD (Eq. 7–9): the static states at T and at t′ = T − gap, the
+    share of candidates the parameters from t′ still predict right at T (Eq. 8), and
+    the candidates' target embeddings with their labels (the click first)."""
+
+    u_now: torch.Tensor
+    u_then: torch.Tensor
+    still_right: torch.Tensor
+    candidates: torch.Tensor
+    labels: torch.Tensor
+
+
+@torch.no_grad()
+def mrd_pairs(rec: ECCDR, windows: torch.Tensor, lengths: torch.Tensor,
+              targets: torch.Tensor, gap: torch.Tensor, negatives: torch.Tensor) -> MRDPairs:
+    """The labels history gives for free: for each click (``windows`` before it,
+    ``targets``), the window ``gap`` clicks earlier generates the parameters a stale
+    device would hold; applied to the current state, are the click and ``negatives``
+    each predicted right (σ(score) ≥ 0.5 for the click, < 0.5 for a negative)?"""
+    then_len = (lengths - gap).clamp(min=0)
+    then = torch.where(torch.arange(windows.shape[1])[None] < then_len[:, None], windows, 0)
+    candidates = torch.cat([targets[:, None], negatives], dim=1)
+    labels = torch.zeros(candidates.shape)
+    labels[:, 0] = 1.0
+    u_now, u_then = rec.user_state(windows, lengths), rec.user_state(then, then_len)
+    stale = rec.generate(then, then_len)
+    targets_t = rec.target_trans(rec.item_embedding(candidates))
+    logits = torch.einsum("nd,ncd->nc", rec.user_vector(u_now, stale), targets_t)
+    return MRDPairs(u_now, u_then, mis_recommendation_label(logits, labels).mean(1),
+                    targets_t, labels)
+
+
 class IntellectReqCloudJob:
     """Cloud side: click windows, EC-CDR training, request-agent training, threshold."""
 
@@ -368,21 +402,14 @@ class IntellectReqCloudJob:
         fixed; returns the MRS of the pairs after training."""
         rec, agent = self.model.rec, self.model.agent
         n = len(targets)
-        w, n_, t = (torch.from_numpy(a.astype(np.int64)) for a in (windows, lengths, targets))
         gap = torch.randint(1, self.max_gap + 1, (n,), generator=self.generator)
-        then_len = (n_ - gap).clamp(min=0)
-        then = torch.where(torch.arange(w.shape[1])[None] < then_len[:, None], w, 0)
         negatives = torch.randint(1, rec.n_items + 1, (n, self.training.n_negatives),
                                   generator=self.generator)
-        candidates = torch.cat([t[:, None], negatives], dim=1)
-        labels = torch.zeros(candidates.shape)
-        labels[:, 0] = 1.0
-        with torch.no_grad():
-            u_now, u_then = rec.user_state(w, n_), rec.user_state(then, then_len)
-            stale = rec.generate(then, then_len)
-            targets_t = rec.target_trans(rec.item_embedding(candidates))
-            logits = torch.einsum("nd,ncd->nc", rec.user_vector(u_now, stale), targets_t)
-            still_right = mis_recommendation_label(logits, labels).mean(1)  # Eq. 8, per step
+        pairs = mrd_pairs(rec, torch.from_numpy(windows.astype(np.int64)),
+                          torch.from_numpy(lengths.astype(np.int64)),
+                          torch.from_numpy(targets.astype(np.int64)), gap, negatives)
+        u_now, u_then, still_right = pairs.u_now, pairs.u_then, pairs.still_right
+        targets_t, labels = pairs.candidates, pairs.labels
         agent.train()
         for _ in range(self.training.epochs):
             order = torch.randperm(n, generator=self.generator)

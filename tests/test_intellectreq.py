@@ -183,3 +183,54 @@ def test_the_kafka_runtime_runs_intellectreq_with_the_local_metrics(services) ->
     for name in ("requests", "bytes_up", "bytes_down", "releases", "cloud_jobs"):
         assert kafka["comm"][name] == local["comm"][name], name
     assert 0 < local["comm"]["requests"] < local["events"]["clicks"]
+
+
+def test_mrd_pairs_hold_the_window_gap_clicks_earlier_and_label_each_candidate() -> None:
+    """A hand-built case: the stale window is the current one without its last ``gap``
+    clicks, and the label is the share of candidates the stale parameters get right."""
+    from dcrec.models.ec_cdr import ECCDR
+    from dcrec.streams.intellectreq_pipeline import mrd_pairs
+
+    torch.manual_seed(0)
+    rec = ECCDR(n_items=20, dim=8)
+    windows = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    lengths, gap = torch.tensor([4, 2]), torch.tensor([2, 5])
+    pairs = mrd_pairs(rec, windows, lengths, torch.tensor([9, 10]), gap,
+                      torch.tensor([[11, 12], [13, 14]]))
+    with torch.no_grad():
+        expected_then = rec.user_state(torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0]]),
+                                       torch.tensor([2, 0]))
+        stale = rec.generate(torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0]]), torch.tensor([2, 0]))
+        scores = rec.score(windows, lengths, torch.tensor([[9, 11, 12], [10, 13, 14]]), stale)
+    torch.testing.assert_close(pairs.u_then, expected_then)
+    right = torch.stack([scores[:, 0] >= 0, scores[:, 1] < 0, scores[:, 2] < 0], 1).float()
+    torch.testing.assert_close(pairs.still_right, right.mean(1))
+
+
+def test_the_threshold_for_budget_q_is_the_q_quantile_of_the_mrs_sample() -> None:
+    sample = np.random.default_rng(0).random(5000)
+    for q in (0.1, 0.3, 0.9):
+        controller = ThresholdController(budget=q)
+        controller.observe(sample)
+        # the cloud saw exactly the affordable rate: q stays the budget
+        event = controller.update(requests=int(q * 1000), clicks=1000, seconds=86400, now=0)
+        assert event.threshold == pytest.approx(np.quantile(sample, q))
+
+
+def test_a_device_never_requests_when_the_threshold_is_below_every_mrs() -> None:
+    from dcrec.state.device_state import DeviceStateTable
+    from dcrec.streams.event_batch import EventBatch
+    from dcrec.streams.presets import PresetContext, build_pipeline
+    from dcrec.streams.processor import DeviceBatch
+
+    pipeline = build_pipeline("intellectreq", PresetContext(n_users=3, n_items=30, seed=0))
+    processor = pipeline.processor
+    processor.threshold = -1.0  # MRS is a probability
+    events = EventBatch(np.arange(9), np.repeat([0, 1, 2], 3), np.arange(9),
+                        np.arange(9), np.ones(9, np.int8))
+    batch = DeviceBatch.build(events, np.zeros(9, bool), np.zeros((0, 2), np.int64))
+    _, out = processor(DeviceStateTable(processor.state_spec, 3).gather(batch.devices), batch)
+    assert out.requests == 0
+    processor.threshold = 2.0   # above every MRS: every click asks
+    _, out = processor(DeviceStateTable(processor.state_spec, 3).gather(batch.devices), batch)
+    assert out.requests == 9
