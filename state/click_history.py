@@ -36,6 +36,17 @@ def occurrence(keys: np.ndarray) -> np.ndarray:
     return result
 
 
+def neighbours(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For entries grouped by ``rows`` in stream order: each entry's previous entry of
+    the same row (-1 for the first), and the index of each row's last entry."""
+    order = np.argsort(rows, kind="stable")
+    same = rows[order][1:] == rows[order][:-1]
+    previous = np.full(len(rows), -1, np.int64)
+    previous[order[1:][same]] = order[:-1][same]
+    last = order[np.r_[~same, True]] if len(rows) else order
+    return previous, last
+
+
 def advance(seq: np.ndarray, length: np.ndarray, rows: np.ndarray,
             items: np.ndarray) -> Advanced:
     """Append ``items`` (shifted ids, in stream order) to the windows of ``rows``.

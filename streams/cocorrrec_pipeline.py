@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from dcrec.models.scn import SCN
 from dcrec.models.training import TrainingConfig, WholeSequenceTrainer, pad_rows
-from dcrec.state.click_history import occurrence
+from dcrec.state.click_history import neighbours, occurrence
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
@@ -148,17 +148,6 @@ class Clicked:
     vector: np.ndarray
     corrected_vector: np.ndarray
     corrected: np.ndarray
-
-
-def neighbours(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For entries grouped by ``rows`` in stream order: each entry's previous entry of
-    the same row (-1 for the first), and the index of each row's last entry."""
-    order = np.argsort(rows, kind="stable")
-    same = rows[order][1:] == rows[order][:-1]
-    previous = np.full(len(rows), -1, np.int64)
-    previous[order[1:][same]] = order[:-1][same]
-    last = order[np.r_[~same, True]] if len(rows) else order
-    return previous, last
 
 
 class TTTProcessor:

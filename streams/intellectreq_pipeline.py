@@ -211,44 +211,55 @@ class ParameterRequestProcessor:
         scores = np.zeros(batch.candidates.shape, np.float32)
         out = Outputs(scores=scores)
         rank = click_history.occurrence(rows)
+        previous, _ = click_history.neighbours(rows)
+        after_state = np.empty((len(rows), self.model.rec.dim), np.float32)  # u after a click
         for r in range(int(rank.max(initial=-1)) + 1):
             k = np.flatnonzero(rank == r)             # each device's r-th click of the batch
             dev = rows[k]
             before, before_len = advanced.windows[k], advanced.lengths[k]
+            # Ω before the click: after the device's previous click, or computed
+            u_before = np.empty((len(k), self.model.rec.dim), np.float32)
+            first = previous[k] < 0
+            u_before[~first] = after_state[previous[k][~first]]
+            if first.any():
+                u_before[first] = self._static_state(before[first], before_len[first])
             params = np.where(state["has_params"][dev, None] == 1,
                               state["params"][dev].astype(np.float32), self.generic[None])
             served = evaluated[k]
             if served.any():
                 s = k[served]
-                scores[eval_index[s]] = self._score(before[served], before_len[served],
-                                                    params[served],
+                scores[eval_index[s]] = self._score(u_before[served], params[served],
                                                     batch.candidates[eval_index[s]] + 1)
             after, after_len = window_after(before, before_len, items[k])
+            after_state[k] = self._static_state(after, after_len)
             self._maybe_request(state, batch.devices, dev, events.ts[clicks][k], after,
-                                after_len, out)
+                                after_len, after_state[k], out)
             state["clicks"][dev] += 1
         state["seq"], state["length"] = advanced.seq, advanced.length
         out.bytes_down += download(state["version"], self.version)
         return state, out
 
-    def _score(self, history: np.ndarray, lengths: np.ndarray, params: np.ndarray,
-               candidates: np.ndarray) -> np.ndarray:
-        n = len(history)
-        rec = self.model.rec
-        h, n_, p, c = (torch.from_numpy(pad_rows(a)) for a in (
-            history.astype(np.int64), lengths.astype(np.int64), params, candidates.astype(
-                np.int64)))
-        scores = rec.score(h, n_, c, unflatten(p, self.sizes))
-        return scores[:n].numpy()
+    def _static_state(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """u = Ω(s) ``[N, d]`` of left-aligned click windows."""
+        n = len(windows)
+        h, n_ = (torch.from_numpy(pad_rows(a.astype(np.int64))) for a in (windows, lengths))
+        return self.model.rec.user_state(h, n_)[:n].numpy()
+
+    def _score(self, u: np.ndarray, params: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Scores with the dynamic block's ``params`` on static states ``u`` (Eq. 3, 7)."""
+        rec, n = self.model.rec, len(u)
+        u_t, p, c = (torch.from_numpy(pad_rows(a)) for a in (
+            u, params, candidates.astype(np.int64)))
+        user = rec.user_vector(u_t, unflatten(p, self.sizes))
+        targets = rec.target_trans(rec.item_embedding(c))
+        return torch.einsum("nd,ncd->nc", user, targets)[:n].numpy()
 
     def _maybe_request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
                        ts: np.ndarray, after: np.ndarray, after_len: np.ndarray,
-                       out: Outputs) -> None:
+                       u_after: np.ndarray, out: Outputs) -> None:
         """The request decision after each device's click, and the requests' answers."""
         n = len(dev)
-        code = self.model.state_code(torch.from_numpy(pad_rows(after.astype(np.int64))),
-                                     torch.from_numpy(pad_rows(after_len.astype(np.int64))))
-        code = code[:n].numpy()
+        code = self.model.agent.encoder(torch.from_numpy(pad_rows(u_after)))[:n].numpy()
         mrs = np.ones(n)
         if self.policy == "always":
             ask = np.ones(n, bool)
