@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,14 +52,43 @@ def event_span(config: ReplayConfig) -> float:
     return float(max((last or 0) - (first or 0), 1))
 
 
+def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, float]:
+    """p50/p99 ms of one device's request decision (IntellectReq's edge inference): Ω
+    over its new click window, the agent's code, MRD and DM's uncertainty, one device
+    at a time as on a phone."""
+    import numpy as np
+    import torch
+    from dcrec.replay.driver import preset_context
+    from dcrec.streams.presets import build_pipeline
+
+    source = open_source(config)
+    model = build_pipeline(config.method, preset_context(config, source)).processor.model
+    rng = np.random.default_rng(config.seed)
+    width = config.model.max_len
+    then = torch.zeros(1, model.rec.dim)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            window = torch.from_numpy(rng.integers(1, source.n_items + 1, (1, width)))
+            started = time.perf_counter()
+            code = model.agent.encoder(model.rec.user_state(window, torch.tensor([width])))
+            model.agent.mrs(then, code)
+            times.append((time.perf_counter() - started) * 1000.0)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
 def bench_local(config: ReplayConfig) -> dict:
     report = run_replay(config)
     perf = report["perf"]
+    latency = "micro-batch"
+    if config.method == "intellectreq":
+        p50, p99 = edge_decision_ms(config)
+        latency += f"; request decision p50/p99 {p50:.2f}/{p99:.2f} ms per click, one device"
     return {"runtime": "local", "method": config.method, "dataset": report["dataset"],
             "events": report["events"]["clicks"] + report["events"]["exposures"],
             "events_per_second": perf["events_per_second"],
             "device_events_per_second": perf["device_events_per_second"],
-            "p50_ms": perf["p50_ms"], "p99_ms": perf["p99_ms"], "latency": "micro-batch",
+            "p50_ms": perf["p50_ms"], "p99_ms": perf["p99_ms"], "latency": latency,
             "peak_rss_mb": perf["peak_rss_mb"],
             "state_bytes_per_device": perf["state_bytes_per_device"]}
 

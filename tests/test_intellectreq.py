@@ -234,3 +234,11 @@ def test_a_device_never_requests_when_the_threshold_is_below_every_mrs() -> None
     processor.threshold = 2.0   # above every MRS: every click asks
     _, out = processor(DeviceStateTable(processor.state_spec, 3).gather(batch.devices), batch)
     assert out.requests == 9
+
+
+def test_bench_times_one_device_request_decision() -> None:
+    from dcrec.replay.bench import edge_decision_ms
+
+    p50, p99 = edge_decision_ms(REPLAY.model_copy(update={"method": "intellectreq"}),
+                                repeats=20)
+    assert 0 < p50 <= p99
