@@ -35,7 +35,6 @@ little.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs, Responder
+from dcrec.streams.request_service import RequestService
 from dcrec.streams.schema import CLICK, ParamRequest, ParamResponse, Release
 
 WIRE_DTYPE = np.float16  # hidden states up, correction rows down
@@ -71,44 +71,22 @@ def ttt_spec(dim: int, heads: int, mini_batch: int, corrected: bool) -> StateSpe
     return spec
 
 
-class CorrectionService:
+class CorrectionService(RequestService):
     """The cloud's GCN answering correction requests (Eq. 13): from the uploaded hidden
     states of a device's mini-batch so far, the correction row of its last token,
     computed with the model version the device serves (read from the registry)."""
 
     def __init__(self, build_model: Callable[[], SCN], registry: ModelRegistry,
                  name: str) -> None:
-        self.model = build_model().eval()
+        super().__init__(build_model(), registry, name)
         if self.model.gcn is None:
             raise ValueError("the correction service needs a model with a GCN")
-        self.registry, self.name = registry, name
-        self.loaded: int | None = None
-        self.requests = 0
-        self.rejected = 0
-        self.seconds = 0.0
-
-    def _load(self, version: int) -> bool:
-        if self.loaded != version:
-            found = self.registry.version(self.name, version)
-            if found is None:
-                return False
-            self.model.load_state_dict(self.registry.load(found))
-            self.model.eval()
-            self.loaded = version
-        return True
-
-    def summary(self) -> dict[str, float]:
-        """Requests seen, answered, and the GCN's time to generate one correction."""
-        answered = self.requests - self.rejected
-        return {"requests": self.requests, "answered": answered,
-                "generate_ms_per_correction": 1000.0 * self.seconds / max(answered, 1)}
 
     @torch.inference_mode()
-    def respond(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
-        """A response per request; None for a request that cannot be answered (not a
-        correction request, a payload that is not whole hidden states of at most one
-        mini-batch, an unknown model version)."""
-        started = time.perf_counter()
+    def answer(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
+        """None for a request that cannot be answered (not a correction request, a
+        payload that is not whole hidden states of at most one mini-batch, an unknown
+        model version)."""
         model = self.model
         b, d = model.mini_batch_size, model.dim
         width = d * WIRE_DTYPE().itemsize
@@ -117,7 +95,7 @@ class CorrectionService:
             mine = [k for k, r in enumerate(requests) if r.version == version
                     and r.kind == "correction" and len(r.payload) % width == 0
                     and 0 < len(r.payload) // width <= b]
-            if not mine or not self._load(version):
+            if not mine or not self.load_version(version):
                 continue
             hidden = np.zeros((len(mine), b, d), np.float32)
             last = np.empty(len(mine), np.int64)
@@ -134,9 +112,6 @@ class CorrectionService:
                 answers[k] = ParamResponse(device=r.device, ts=r.ts, version=version,
                                            payload=payloads[row].tobytes(),
                                            kind="correction", position=r.position)
-        self.requests += len(requests)
-        self.rejected += sum(a is None for a in answers)
-        self.seconds += time.perf_counter() - started
         return answers
 
 

@@ -26,7 +26,6 @@ generator of the version the device serves.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs, Responder
+from dcrec.streams.request_service import RequestService
 from dcrec.streams.schema import CLICK, ParamRequest, ParamResponse, Release, Threshold
 from dcrec.streams.sequence_pipeline import CloudClickWindows
 from torch.nn import functional as F
@@ -98,44 +98,20 @@ def request_draw(devices: np.ndarray, clicks: np.ndarray, seed: int) -> np.ndarr
     return ((mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)).astype(np.float64)
 
 
-class ParameterService:
+class ParameterService(RequestService):
     """The cloud's generator answering parameter requests (Eq. 4–5): parameters from
     the click window a device sends, with the model version it serves."""
 
     def __init__(self, build_model: Callable[[], IntellectReqModel], registry: ModelRegistry,
                  name: str, max_len: int) -> None:
-        self.model = build_model().eval()
-        self.registry, self.name, self.max_len = registry, name, max_len
-        self.loaded: int | None = None
-        self.requests = self.rejected = self.load = 0
-        self.seconds = 0.0
-
-    def _load(self, version: int) -> bool:
-        if self.loaded != version:
-            found = self.registry.version(self.name, version)
-            if found is None:
-                return False
-            self.model.load_state_dict(self.registry.load(found))
-            self.model.eval()
-            self.loaded = version
-        return True
-
-    def summary(self) -> dict[str, float]:
-        answered = self.requests - self.rejected
-        return {"requests": self.requests, "answered": answered,
-                "generate_ms_per_request": 1000.0 * self.seconds / max(answered, 1)}
-
-    def take_load(self) -> int:
-        """Requests since the last call (the cloud's load)."""
-        load, self.load = self.load, 0
-        return load
+        super().__init__(build_model(), registry, name)
+        self.max_len = max_len
 
     @torch.inference_mode()
-    def respond(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
-        """A response per request; None for one that cannot be answered (not a
-        parameter request, a window that is not int32 item ids of at most ``max_len``
-        known items, an unknown model version)."""
-        started = time.perf_counter()
+    def answer(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
+        """None for a request that cannot be answered (not a parameter request, a window
+        that is not int32 item ids of at most ``max_len`` known items, an unknown model
+        version)."""
         n_items = self.model.rec.n_items
         answers: list[ParamResponse | None] = [None] * len(requests)
         for version in sorted({r.version for r in requests}):
@@ -147,7 +123,7 @@ class ParameterService:
                 if 0 < len(ids) <= self.max_len and ids.min() >= 1 and ids.max() <= n_items:
                     mine.append(k)
                     windows.append(ids)
-            if not mine or not self._load(version):
+            if not mine or not self.load_version(version):
                 continue
             history = np.zeros((len(mine), self.max_len), np.int64)
             lengths = np.array([len(w) for w in windows])
@@ -161,10 +137,6 @@ class ParameterService:
                 answers[k] = ParamResponse(device=r.device, ts=r.ts, version=version,
                                            payload=payloads[row].tobytes(), kind="params",
                                            position=r.position)
-        self.requests += len(requests)
-        self.load += len(requests)
-        self.rejected += sum(a is None for a in answers)
-        self.seconds += time.perf_counter() - started
         return answers
 
 
