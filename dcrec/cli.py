@@ -377,6 +377,60 @@ def eval_(
     console.print(f"written: {out / stem}.{{json,md,png}}")
 
 
+@app.command("curve")
+def curve(
+    dataset: DatasetOption = "world",
+    budgets: Annotated[str, typer.Option(help="comma-separated request budgets")] = (
+        "0.1,0.3,0.5,0.7,0.9"),
+    methods: Annotated[str, typer.Option(help="request agents")] = "intellectreq,random",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    world_users: WorldUsers = None,
+    world_items: WorldItems = None,
+    world_events: WorldEvents = None,
+    out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path("runs/curve"),
+    fresh: Annotated[bool, typer.Option(help="ignore finished replays kept in --out")] = False,
+) -> None:
+    """NDCG@10 against the share of clicks that asked for parameters (IntellectReq
+    Fig. 5–6): the request agents at each budget between ec-cdr (every click asks) and
+    ec-cdr-static (none does). Finished replays are kept in --out and re-used."""
+    from dcrec.replay.report import write_json
+    from dcrec.replay.request_curve import AGENTS, aggregate, curve_points, markdown, plot
+
+    try:
+        budget_list = [float(b) for b in budgets.split(",") if b.strip()]
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        _fail("--budgets takes numbers and --seeds integers, separated by commas")
+    if any(not 0 < b <= 1 for b in budget_list):
+        _fail("a request budget is a share of clicks in (0, 1]")
+    agents = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if unknown := [m for m in agents if m not in AGENTS]:
+        _fail(f"unknown request agent {unknown[0]!r}; known: {', '.join(AGENTS)}")
+    config = _config(ReplayConfig, dataset=dataset, max_events=max_events,
+                     world=_config(WorldSettings, users=world_users, items=world_items,
+                                   events=world_events))
+    total = len(seed_list) * (2 + len(agents) * len(budget_list))
+    with tqdm(total=total, desc="curve", unit="replay") as bar:
+        try:
+            rows = curve_points(config, budget_list, seed_list, agents,
+                                out / f"curve-{dataset}", fresh,
+                                on_run=lambda name: (bar.set_postfix_str(name), bar.update()))
+        except (ValueError, FileNotFoundError) as error:
+            _fail(str(error))
+    points = aggregate(rows)
+    title = f"requests against NDCG@10 on {dataset}, seeds {seeds}"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"curve-{dataset}"
+    write_json({"dataset": dataset, "seeds": seed_list, "points": points, "runs": rows},
+               stem.with_suffix(".json"))
+    table = markdown(points, title)
+    stem.with_suffix(".md").write_text(table)
+    plot(points, title, stem.with_suffix(".png"))
+    print(table)
+    console.print(f"written: {stem}.{{json,md,png}}")
+
+
 @app.command("resources")
 def resources(
     dataset: DatasetOption = "ml-100k",

@@ -13,7 +13,8 @@ from dcrec.cli import app
 
 runner = CliRunner()
 VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"], ["bench"],
-         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"], ["groups"], ["metapatches"]]
+         ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"], ["groups"], ["metapatches"],
+         ["curve"], ["resources"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "dcrec")
@@ -64,6 +65,8 @@ def test_replay_of_a_csv_with_malformed_lines_counts_them(tmp_path):
     (["data", "get", "ml-25m"], "unknown dataset"),
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
+    (["curve", "--budgets", "0.2,1.5"], "share of clicks"),
+    (["curve", "--methods", "lof"], "unknown request agent"),
 ])
 def test_bad_arguments_give_a_clear_error(args, message):
     result = runner.invoke(app, args)
@@ -186,3 +189,18 @@ def test_bench_appends_a_dated_section_with_machine_and_command(tmp_path):
     text = out.read_text()
     assert text.count("- machine: ") == 2 and text.count("- command: `dcrec ") == 2
     assert text.count("| local | popularity | world | 2,000 |") == 2
+
+
+def test_curve_tabulates_the_agents_between_the_bounds_and_resumes(tmp_path):
+    args = ["curve", "--dataset", "world", "--world-users", "60", "--world-items", "150",
+            "--world-events", "3000", "--budgets", "0.5", "--methods", "random",
+            "--seeds", "0", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for method in ("ec-cdr", "ec-cdr-static", "random"):
+        assert f"| {method} |" in result.output
+    assert (tmp_path / "curve-world.png").stat().st_size > 0
+    kept = sorted(p.name for p in (tmp_path / "curve-world").iterdir())
+    assert kept == ["ec-cdr-seed0.json", "ec-cdr-static-seed0.json", "random-b0.5-seed0.json"]
+    again = runner.invoke(app, args)  # every replay re-used
+    assert again.exit_code == 0 and again.output.count("| random |") == 1
