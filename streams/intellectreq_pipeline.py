@@ -106,6 +106,13 @@ class ParameterService(RequestService):
                  name: str, max_len: int) -> None:
         super().__init__(build_model(), registry, name)
         self.max_len = max_len
+        self.answered: list[tuple[int, int, np.ndarray]] = []  # (device, position, window)
+
+    def take_answered(self) -> list[tuple[int, int, np.ndarray]]:
+        """The requests answered since the last call: device, click position, window."""
+        with self.lock:
+            answered, self.answered = self.answered, []
+        return answered
 
     @torch.inference_mode()
     def answer(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
@@ -137,6 +144,7 @@ class ParameterService(RequestService):
                 answers[k] = ParamResponse(device=r.device, ts=r.ts, version=version,
                                            payload=payloads[row].tobytes(), kind="params",
                                            position=r.position)
+                self.answered.append((r.device, r.position, windows[row]))
         return answers
 
 
@@ -351,6 +359,12 @@ class IntellectReqCloudJob:
         self.registry, self.service, self.controller = registry, service, controller
         self.windows = CloudClickWindows(n_users, max_len)
         self.max_gap = max_gap
+        # what each device's agent compares against: clicks so far, and the click
+        # window of its latest answered request with the click it was made at
+        self.clicks = np.zeros(n_users, np.int64)
+        self.pending_answers: list[tuple[int, int, np.ndarray]] = []
+        self.request_window = np.zeros((n_users, max_len), np.int32)
+        self.request_length = np.zeros(n_users, np.int32)
         self.generator = torch.Generator().manual_seed(seed)
         self.last_run: int | None = None
 
@@ -366,12 +380,12 @@ class IntellectReqCloudJob:
         self.last_run = now
         if samples is None:
             return None
-        windows, lengths, targets, _ = samples
+        windows, lengths, targets, users = samples
         self.trainer.fit(windows, lengths, targets)
         emitted: list = []
         if self.controller is not None:
-            mrs = self._train_agent(windows, lengths, targets)
-            self.controller.observe(mrs)
+            self._train_agent(windows, lengths, targets)
+            self.controller.observe(self._device_mrs(windows, lengths, targets, users))
             emitted.append(self.controller.update(self.service.take_load(), len(targets),
                                                   since, now))
         version = self.registry.publish(self.name, self.model.state_dict())
@@ -379,10 +393,49 @@ class IntellectReqCloudJob:
                                   checksum=version.checksum))
         return Outputs(scores=np.zeros((0, 0), dtype=np.float32), emitted=emitted)
 
+    @torch.no_grad()
+    def _device_mrs(self, windows: np.ndarray, lengths: np.ndarray, targets: np.ndarray,
+                    users: np.ndarray) -> np.ndarray:
+        """The MRS each device's agent computed after each of these clicks (Eq. 19), as
+        the device computes it — its state now against the state of the window its
+        latest answered request before the click carried (a zero code if it has none) —
+        with the agent just trained: the sample whose quantiles set the threshold."""
+        # a device's first click has no window before it and is no sample: position + 1
+        positions = self.clicks[users] + click_history.occurrence(users) + 1
+        np.add.at(self.clicks, users, 1)
+        answers = sorted(self.pending_answers + self.service.take_answered(),
+                         key=lambda a: (a[0], a[1]))
+        # a request at position p (made after click p) serves the decisions after click p+1 …
+        keys = np.array([(d << 32) + p for d, p, _ in answers], np.int64)
+        found = np.searchsorted(keys, (users.astype(np.int64) << 32) + positions) - 1
+        own = found >= 0
+        own[own] = keys[found[own]] >> 32 == users[own]
+        then_windows = self.request_window[users].copy()
+        then_lengths = self.request_length[users].copy()
+        for row in np.flatnonzero(own):
+            window = answers[found[row]][2]
+            then_windows[row] = 0
+            then_windows[row, :len(window)] = window
+            then_lengths[row] = len(window)
+        consumed = [a for a in answers if a[1] <= self.clicks[a[0]]]
+        self.pending_answers = [a for a in answers if a[1] > self.clicks[a[0]]]
+        for device, _, window in consumed:   # sorted: the latest request of a device last
+            self.request_window[device] = 0
+            self.request_window[device, :len(window)] = window
+            self.request_length[device] = len(window)
+        after, after_len = window_after(windows, lengths, targets.astype(np.int32))
+        agent = self.model.agent
+        now = self.model.state_code(*(torch.from_numpy(a.astype(np.int64))
+                                      for a in (after, after_len)))
+        then = self.model.state_code(*(torch.from_numpy(a.astype(np.int64))
+                                       for a in (then_windows, then_lengths)))
+        then[torch.from_numpy(then_lengths == 0)] = 0.0  # a device that never asked
+        return agent.mrs(then, now).numpy()
+
     def _train_agent(self, windows: np.ndarray, lengths: np.ndarray,
-                     targets: np.ndarray) -> np.ndarray:
+                     targets: np.ndarray) -> None:
         """MRD + combiner on the free labels of Eq. 7–9 and DM (Eq. 14–16), EC-CDR
-        fixed; returns the MRS of the pairs after training."""
+        fixed."""
         rec, agent = self.model.rec, self.model.agent
         n = len(targets)
         gap = torch.randint(1, self.max_gap + 1, (n,), generator=self.generator)
@@ -406,5 +459,3 @@ class IntellectReqCloudJob:
                 loss.backward()
                 self.agent_optimizer.step()
         agent.eval()
-        with torch.no_grad():
-            return agent.mrs(agent.encoder(u_then), agent.encoder(u_now)).numpy()

@@ -5,6 +5,7 @@ and load."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from dcrec.state.registry import ModelRegistry
@@ -21,6 +22,7 @@ class RequestService:
         self.loaded: int | None = None
         self.requests = self.rejected = self.load = 0
         self.seconds = 0.0
+        self.lock = threading.Lock()  # a request-server thread answers while jobs read
 
     def load_version(self, version: int) -> bool:
         """Serve with version ``version`` of the model; False if it is not published."""
@@ -38,12 +40,13 @@ class RequestService:
 
     def respond(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
         """A response per request; None for one that cannot be answered."""
-        started = time.perf_counter()
-        answers = self.answer(requests)
-        self.requests += len(requests)
-        self.load += len(requests)
-        self.rejected += sum(a is None for a in answers)
-        self.seconds += time.perf_counter() - started
+        with self.lock:
+            started = time.perf_counter()
+            answers = self.answer(requests)
+            self.requests += len(requests)
+            self.load += len(requests)
+            self.rejected += sum(a is None for a in answers)
+            self.seconds += time.perf_counter() - started
         return answers
 
     def summary(self) -> dict[str, float]:
@@ -54,5 +57,6 @@ class RequestService:
 
     def take_load(self) -> int:
         """Requests since the last call (the cloud's load)."""
-        load, self.load = self.load, 0
+        with self.lock:
+            load, self.load = self.load, 0
         return load

@@ -242,3 +242,49 @@ def test_bench_times_one_device_request_decision() -> None:
     p50, p99 = edge_decision_ms(REPLAY.model_copy(update={"method": "intellectreq"}),
                                 repeats=20)
     assert 0 < p50 <= p99
+
+
+def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
+    """The threshold's sample: for every click the cloud rebuilds the MRS the device's
+    agent computed — against the window of the device's latest answered request, across
+    clicks that did not ask and across cloud jobs — here checked on the clicks that
+    asked (their requests carry the device's value)."""
+    from dcrec.state.click_history import occurrence
+    from dcrec.state.device_state import DeviceStateTable
+    from dcrec.streams.event_batch import EventBatch
+    from dcrec.streams.presets import PresetContext, build_pipeline
+    from dcrec.streams.processor import DeviceBatch
+
+    pipeline = build_pipeline("intellectreq", PresetContext(n_users=4, n_items=30, seed=0))
+    processor, cloud = pipeline.processor, pipeline.cloud
+    asked: dict[tuple[int, int], float] = {}
+    answer = processor.responder
+
+    def responder(requests: list[ParamRequest]) -> list:
+        asked.update({(r.device, r.position): r.mrs for r in requests})
+        return answer(requests)
+
+    processor.responder = responder
+    table = DeviceStateTable(processor.state_spec, 4)
+    rng = np.random.default_rng(0)
+    start, rebuilt = 0, {}
+    for threshold, n in ((2.0, 12), (-1.0, 8), (2.0, 12)):   # ask, skip, ask again
+        users = rng.integers(0, 4, n)
+        idx = np.arange(start, start + n)
+        events = EventBatch(idx, users, rng.integers(0, 30, n), idx, np.ones(n, np.int8))
+        start += n
+        processor.threshold = threshold
+        batch = DeviceBatch.build(events, np.zeros(n, bool), np.zeros((0, 2), np.int64))
+        state, _ = processor(table.gather(batch.devices), batch)
+        table.scatter(batch.devices, state)
+        cloud.observe(events)
+        if threshold > 0:           # a cloud job after each asking batch
+            windows, lengths, targets, users_ = cloud.windows.take()
+            positions = cloud.clicks[users_] + occurrence(users_) + 1  # before the job
+            mrs = cloud._device_mrs(windows, lengths, targets, users_)
+            rebuilt.update({(int(u), int(p)): float(m)
+                            for u, p, m in zip(users_, positions, mrs, strict=True)})
+    shared = set(asked) & set(rebuilt)
+    assert len(shared) >= 15
+    for key in shared:
+        assert rebuilt[key] == pytest.approx(asked[key], abs=1e-5), key
