@@ -38,6 +38,22 @@ from torch import nn
 Generated = list[tuple[torch.Tensor, torch.Tensor]]  # per dynamic layer: W [N,i,o], b [N,o]
 
 
+def flatten(params: Generated) -> torch.Tensor:
+    """Generated parameters ``[N, P]``, layer by layer (W then b)."""
+    return torch.cat([t.reshape(len(t), -1) for W, b in params for t in (W, b)], dim=1)
+
+
+def unflatten(flat: torch.Tensor, sizes: list[tuple[int, int]]) -> Generated:
+    """:func:`flatten` undone for dynamic layers of ``sizes``."""
+    params, offset = [], 0
+    for i, o in sizes:
+        W = flat[:, offset:offset + i * o].reshape(-1, i, o)
+        offset += i * o
+        params.append((W, flat[:, offset:offset + o]))
+        offset += o
+    return params
+
+
 class ParameterGenerator(nn.Module):
     """g = L_layer ∘ E_shared (Eq. 4–5): a GRU and a 2-layer MLP encode the embedded
     click sequence into e; one linear head per dynamic layer maps e to its weight
@@ -81,6 +97,16 @@ class ECCDR(SequentialRecommender):
         self.target_trans = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim))
         self.generator = ParameterGenerator(dim, [(dim, dim)] * dynamic_layers)
         nn.init.xavier_uniform_(self.item_embedding.weight)
+        # the parameters of a device that never asked: shipped with the static layers
+        n_params = sum(i * o + o for i, o in self.generator.layer_sizes)
+        self.register_buffer("generic", torch.zeros(n_params))
+        self.refresh_generic()
+
+    @torch.no_grad()
+    def refresh_generic(self) -> None:
+        """:attr:`generic` := the generator's parameters for an empty sequence."""
+        empty = torch.zeros(1, 1, dtype=torch.long)
+        self.generic.copy_(flatten(self.generate(empty, torch.zeros(1, dtype=torch.long)))[0])
 
     def embed(self, history: torch.Tensor) -> torch.Tensor:
         """The embedded sequence both Ω and the generator read."""

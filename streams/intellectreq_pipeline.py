@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from dcrec.models.ec_cdr import ECCDR, Generated
+from dcrec.models.ec_cdr import ECCDR, flatten, unflatten
 from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
 from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
@@ -47,22 +47,6 @@ from torch.nn import functional as F
 
 WIRE_DTYPE = np.float16     # generated parameters down
 POLICIES = ("always", "never", "random", "mrs")
-
-
-def flatten(params: Generated) -> torch.Tensor:
-    """Generated parameters ``[N, P]``, layer by layer (W then b)."""
-    return torch.cat([t.reshape(len(t), -1) for W, b in params for t in (W, b)], dim=1)
-
-
-def unflatten(flat: torch.Tensor, sizes: list[tuple[int, int]]) -> Generated:
-    """:func:`flatten` undone for dynamic layers of ``sizes``."""
-    params, offset = [], 0
-    for i, o in sizes:
-        W = flat[:, offset:offset + i * o].reshape(-1, i, o)
-        offset += i * o
-        params.append((W, flat[:, offset:offset + o]))
-        offset += o
-    return params
 
 
 def window_after(windows: np.ndarray, lengths: np.ndarray,
@@ -170,10 +154,7 @@ class ParameterRequestProcessor:
         self.model.load_state_dict(registry.load(version))
         self.model.eval()
         self.version = version
-        with torch.inference_mode():  # the parameters of a device that never asked
-            empty = torch.zeros(1, 1, dtype=torch.long)
-            self.generic = flatten(self.model.rec.generate(
-                empty, torch.zeros(1, dtype=torch.long)))[0].numpy()
+        self.generic = self.model.rec.generic.numpy().copy()
 
     def on_threshold(self, event: Threshold) -> None:
         self.threshold = event.threshold
@@ -382,6 +363,7 @@ class IntellectReqCloudJob:
             return None
         windows, lengths, targets, users = samples
         self.trainer.fit(windows, lengths, targets)
+        self.model.rec.refresh_generic()
         emitted: list = []
         if self.controller is not None:
             self._train_agent(windows, lengths, targets)
