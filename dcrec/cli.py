@@ -111,6 +111,8 @@ def replay(
     cloud_interval: Annotated[str, typer.Option(help="simulated time between cloud jobs")] = "1d",
     upload_interval: Annotated[str, typer.Option(help="simulated time between uploads")] = "1h",
     request_budget: Annotated[float, typer.Option(help="share of clicks that may request")] = 0.1,
+    request_capacity: Annotated[float | None, typer.Option(
+        help="requests per simulated second the cloud can answer (default: unlimited)")] = None,
     warmup: Annotated[int, typer.Option(help="clicks per user before scoring starts")] = 5,
     slate_size: Annotated[int, typer.Option(help="slate shown where a log has no exposures")] = 5,
     epochs_per_job: Annotated[int, typer.Option(help="training epochs per cloud job")] = 2,
@@ -134,7 +136,8 @@ def replay(
         runtime=runtime, seed=seed,
         max_events=max_events, start=_timestamp(start), end=_timestamp(end),
         cloud_interval=cloud_interval, upload_interval=upload_interval,
-        request_budget=request_budget, warmup=warmup, slate_size=slate_size,
+        request_budget=request_budget, request_capacity=request_capacity, warmup=warmup,
+        slate_size=slate_size,
         model=_config(ModelConfig, epochs_per_job=epochs_per_job, embedding_dim=embedding_dim,
                       lr=lr, l2=l2),
         world=_config(WorldSettings, users=world_users, items=world_items, events=world_events),

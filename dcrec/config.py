@@ -100,6 +100,9 @@ class ReplayConfig(_Strict):
     cloud_interval: Duration = 86400
     upload_interval: Duration = 3600
     request_budget: float = Field(0.1, ge=0, le=1)
+    request_capacity: float | None = Field(
+        None, gt=0, description="requests per stream second the cloud can answer")
+    request_queue: int = Field(100, ge=1, description="requests the cloud may hold waiting")
     warmup: int = Field(5, ge=0, description="clicks of a user before their clicks are scored")
     n_negatives: int = Field(100, ge=1)
     micro_batch: int = Field(4096, ge=1)

@@ -109,6 +109,8 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          train_negatives=m.train_negatives,
                          upload_interval=config.upload_interval,
                          request_budget=config.request_budget,
+                         request_capacity=config.request_capacity,
+                         request_queue=config.request_queue,
                          user_features=source.user_features)
 
 
@@ -180,5 +182,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
         # parameters), called in process here
         **({"cloud_service": pipeline.service.summary()}
            if pipeline.service is not None else {}),
+        # IntellectReq: each threshold the cloud set, with the demand it came from
+        **({"thresholds": stats.thresholds} if stats.thresholds else {}),
         "config": config.model_dump(),
     }

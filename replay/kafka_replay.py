@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import redis
 from dcrec.infra.services import endpoints
@@ -32,6 +33,7 @@ from dcrec.state.redis_store import HEADER, RedisDeviceStore, RunKeys, redis_cli
 from dcrec.streams.presets import build_pipeline
 from dcrec.streams.replay_producer import ReplayProducer, produce_slices
 from dcrec.streams.run_keys import latency_percentile, read_progress
+from dcrec.streams.schema import decode
 from dcrec.streams.slices import event_time_slices
 from dcrec.streams.topics import CLICKS, create_topics
 
@@ -306,6 +308,12 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
         **({"corrections": correction_report(stats, cloud, correction)}
            if correction or cloud.get("corrections") else {}),
         # mean event time from a cloud job falling due to its outputs reaching devices
+        **({"cloud_service": {k: int(cloud.get(f"service_{k}", 0))
+                              for k in ("shed", "max_queue", "queue_bound")}}
+           if "service_queue_bound" in cloud else {}),
+        **({"thresholds": thresholds} if (thresholds := [
+            msgspec.structs.asdict(decode(raw))
+            for raw in client.zrange(keys("cloud", "thresholds"), 0, -1)]) else {}),
         "release_lag_seconds": (stats.get("release_lag_seconds", 0)
                                 / max(stats.get("releases_applied", 0), 1)),
         "config": config.model_dump(),

@@ -167,7 +167,10 @@ class CorrectionServer(threading.Thread):
     def summary(self) -> dict[str, Any]:
         """Counters for the run's cloud stats: corrections answered, rejected, and the
         seconds the GCN took to generate them."""
-        return {**self.stats, "correction_seconds": self.service.seconds}
+        door = self.service.summary()   # admission at the door, where a service has it
+        return {**self.stats, "correction_seconds": self.service.seconds,
+                **{f"service_{k}": door[k] for k in ("shed", "max_queue", "queue_bound")
+                   if k in door}}
 
     def stop(self) -> None:
         self.stopping.set()

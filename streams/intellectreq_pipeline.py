@@ -26,10 +26,10 @@ generator of the version the device serves.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import torch
 from dcrec.models.ec_cdr import ECCDR, flatten, unflatten
@@ -38,6 +38,7 @@ from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
+from dcrec.streams.admission import RequestAdmission
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch, Outputs, Responder
 from dcrec.streams.request_service import RequestService
@@ -62,14 +63,17 @@ def window_after(windows: np.ndarray, lengths: np.ndarray,
 
 
 def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
-    """A device's state: click window, its parameters and the state code they were
-    generated at (e_{t′}), the model version."""
+    """A device's state: click window, its parameters, the click window they were
+    generated from and its state code e_{t′} (by the agent of the model version the
+    device serves), the model version."""
     return {
         "seq": StateField("int32", (max_len,)),
         "length": StateField("int32"),
         "clicks": StateField("int32"),
         "params": StateField("float16", (n_params,)),
         "has_params": StateField("int8"),
+        "request_seq": StateField("int32", (max_len,)),
+        "request_length": StateField("int32"),
         "code": StateField("float32", (dim,)),
         "version": StateField("int32"),
     }
@@ -87,10 +91,24 @@ class ParameterService(RequestService):
     the click window a device sends, with the model version it serves."""
 
     def __init__(self, build_model: Callable[[], IntellectReqModel], registry: ModelRegistry,
-                 name: str, max_len: int) -> None:
+                 name: str, max_len: int, admission: RequestAdmission | None = None) -> None:
         super().__init__(build_model(), registry, name)
         self.max_len = max_len
+        self.admission = admission
+        self.shed = self.admitted = 0
         self.answered: list[tuple[int, int, np.ndarray]] = []  # (device, position, window)
+
+    def take_admitted(self) -> int:
+        """Requests served (not shed) since the last call."""
+        with self.lock:
+            admitted, self.admitted = self.admitted, 0
+        return admitted
+
+    def summary(self) -> dict[str, float]:
+        door = self.admission
+        return {**super().summary(), "shed": self.shed,
+                "max_queue": door.max_queue if door else 0,
+                "queue_bound": door.queue_bound if door else 0}
 
     def take_answered(self) -> list[tuple[int, int, np.ndarray]]:
         """The requests answered since the last call: device, click position, window."""
@@ -102,13 +120,24 @@ class ParameterService(RequestService):
     def answer(self, requests: list[ParamRequest]) -> list[ParamResponse | None]:
         """None for a request that cannot be answered (not a parameter request, a window
         that is not int32 item ids of at most ``max_len`` known items, an unknown model
-        version)."""
+        version); a ``busy`` response for one the door shed (the cloud at capacity)."""
         n_items = self.model.rec.n_items
         answers: list[ParamResponse | None] = [None] * len(requests)
+        served = np.ones(len(requests), bool)
+        if self.admission is not None:   # at the door, in stream order
+            for k in sorted(range(len(requests)), key=lambda k: requests[k].ts):
+                served[k] = self.admission.admit(requests[k].ts)
+            self.shed += int((~served).sum())
+        self.admitted += int(served.sum())
+        for k in np.flatnonzero(~served):
+            r = requests[k]
+            answers[k] = ParamResponse(device=r.device, ts=r.ts, version=r.version,
+                                       payload=b"", kind="busy", position=r.position)
         for version in sorted({r.version for r in requests}):
             mine, windows = [], []
             for k, r in enumerate(requests):
-                if r.version != version or r.kind != "params" or len(r.summary) % 4:
+                if not served[k] or r.version != version or r.kind != "params" \
+                        or len(r.summary) % 4:
                     continue
                 ids = np.frombuffer(r.summary, "<i4")
                 if 0 < len(ids) <= self.max_len and ids.min() >= 1 and ids.max() <= n_items:
@@ -162,6 +191,7 @@ class ParameterRequestProcessor:
     @torch.inference_mode()
     def __call__(self, state: StateRows, batch: DeviceBatch) -> tuple[StateRows, Outputs]:
         state = {name: column.copy() for name, column in state.items()}
+        self._recode(state)
         events = batch.events
         clicks = events.event == CLICK
         rows = batch.row[clicks]
@@ -199,6 +229,17 @@ class ParameterRequestProcessor:
         state["seq"], state["length"] = advanced.seq, advanced.length
         out.bytes_down += download(state["version"], self.version)
         return state, out
+
+    def _recode(self, state: StateRows) -> None:
+        """A device on a new model version codes the window its parameters came from
+        with the new agent, so MRS compares codes of one encoder (and the cloud, which
+        has the window, computes the same value)."""
+        current = self.version.version if self.version is not None else 0
+        stale = np.flatnonzero((state["version"] < current) & (state["has_params"] == 1))
+        if len(stale):
+            u = self._static_state(state["request_seq"][stale], state["request_length"][stale])
+            state["code"][stale] = self.model.agent.encoder(
+                torch.from_numpy(pad_rows(u)))[:len(stale)].numpy()
 
     def _static_state(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """u = Ω(s) ``[N, d]`` of left-aligned click windows."""
@@ -245,12 +286,14 @@ class ParameterRequestProcessor:
         out.requests += len(requests)
         out.bytes_up += sum(len(r.summary) for r in requests)
         for i, request, answer in zip(asking.tolist(), requests, answers, strict=True):
-            if answer is None or answer.position != request.position \
-                    or answer.version != version:
-                continue
+            if answer is None or answer.kind != "params" \
+                    or answer.position != request.position or answer.version != version:
+                continue   # refused, shed (busy) or stale: serve on with what it holds
             d = dev[i]
             state["params"][d] = np.frombuffer(answer.payload, WIRE_DTYPE)
             state["has_params"][d] = 1
+            state["request_seq"][d] = after[i]
+            state["request_length"][d] = after_len[i]
             state["code"][d] = code[i]
             out.bytes_down += len(answer.payload)
 
@@ -263,14 +306,17 @@ class ThresholdController:
     request rate actually seen (more requests than affordable → q shrinks, the
     threshold tightens; fewer → it relaxes)."""
 
-    def __init__(self, budget: float, capacity: float | None = None,
-                 window: int = 20_000) -> None:
+    def __init__(self, budget: float, capacity: float | None = None) -> None:
         self.budget, self.capacity = budget, capacity
-        self.level = budget
-        self.recent: deque[float] = deque(maxlen=window)
+        self.level = budget        # the quantile level of the last threshold
+        self.target = budget       # the share of clicks it meant to let ask
+        self.correction = 1.0      # realised / intended request share, learnt
+        self.recent = np.zeros(0)
 
     def observe(self, mrs: np.ndarray) -> None:
-        self.recent.extend(np.asarray(mrs, np.float64).tolist())
+        """The devices' MRS after the clicks since the last update, by the agent the
+        devices will hold next (an older agent's values are on another scale)."""
+        self.recent = np.asarray(mrs, np.float64)
 
     def affordable(self, clicks: int, seconds: float) -> float:
         """The share of clicks the cloud can answer over ``seconds`` of event time."""
@@ -281,15 +327,18 @@ class ThresholdController:
 
     def update(self, requests: int, clicks: int, seconds: float, now: int) -> Threshold:
         target = self.affordable(clicks, seconds)
-        if clicks and requests:
-            seen = requests / clicks
-            self.level = float(np.clip(self.level * np.sqrt(target / seen), 1e-4, 1.0))
-        elif clicks:
-            self.level = float(min(1.0, max(self.level, target) * 2))
-        values = np.fromiter(self.recent, np.float64) if self.recent else np.array([0.5])
+        if clicks:   # the sample is the devices' own MRS: q is the affordable share,
+            # corrected by how far the share asking missed the last one (within ×/÷ 2)
+            seen = max(requests, 1) / clicks
+            self.correction = float(np.clip(self.correction * np.sqrt(
+                self.target / seen), 0.5, 2.0))
+            self.target = target
+            self.level = float(np.clip(target * self.correction, 1e-4, 1.0))
+        values = np.asarray(self.recent) if len(self.recent) else np.array([0.5])
         threshold = float(np.quantile(values, self.level))
         return Threshold(ts=now, threshold=threshold,
-                         load=requests / clicks if clicks else 0.0, capacity=target)
+                         load=requests / clicks if clicks else 0.0, capacity=target,
+                         level=self.level, requests=requests, seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -347,17 +396,19 @@ class IntellectReqCloudJob:
         self.request_window = np.zeros((n_users, max_len), np.int32)
         self.request_length = np.zeros(n_users, np.int32)
         self.generator = torch.Generator().manual_seed(seed)
-        self.last_run: int | None = None
+        self.last_run: int | None = None   # the last job's time (the stream's start before)
 
     def initial_release(self) -> ModelVersion:
         return self.registry.publish(self.name, self.model.state_dict())
 
     def observe(self, events: EventBatch) -> None:
+        if self.last_run is None and len(events):
+            self.last_run = int(events.ts[0])
         self.windows.observe(events)
 
     def run(self, now: int) -> Outputs | None:
         samples = self.windows.take()
-        since = now - self.last_run if self.last_run is not None else 0
+        since = now - self.last_run if self.last_run is not None else 0   # stream seconds
         self.last_run = now
         if samples is None:
             return None
@@ -368,8 +419,10 @@ class IntellectReqCloudJob:
         if self.controller is not None:
             self._train_agent(windows, lengths, targets)
             self.controller.observe(self._device_mrs(windows, lengths, targets, users))
-            emitted.append(self.controller.update(self.service.take_load(), len(targets),
-                                                  since, now))
+            threshold = self.controller.update(self.service.take_load(), len(targets),
+                                               since, now)
+            emitted.append(msgspec.structs.replace(
+                threshold, admitted=self.service.take_admitted()))
         version = self.registry.publish(self.name, self.model.state_dict())
         emitted.insert(0, Release(model=self.name, version=version.version, ts=now,
                                   checksum=version.checksum))

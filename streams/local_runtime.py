@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 from dcrec.state.click_history import occurrence
 from dcrec.state.device_state import DeviceStateTable
@@ -58,7 +59,8 @@ class RunStats:
     upload_bytes: int = 0
     cloud_seconds: float = 0.0
     device_seconds: float = 0.0
-    thresholds: list[float] = field(default_factory=list)  # MRS thresholds the cloud set
+    # MRS thresholds the cloud set, with the demand and load they came from
+    thresholds: list[dict] = field(default_factory=list)
     batch_latency_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -112,7 +114,7 @@ class LocalRuntime:
                 if hasattr(processor, "on_hint"):
                     processor.on_hint(event)
             elif isinstance(event, Threshold):
-                self.stats.thresholds.append(event.threshold)
+                self.stats.thresholds.append(msgspec.structs.asdict(event))
                 if hasattr(processor, "on_threshold"):
                     processor.on_threshold(event)
             elif isinstance(event, Upload):

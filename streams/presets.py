@@ -18,6 +18,7 @@ from dcrec.models.sasrec import SASRec
 from dcrec.models.scn import SCN
 from dcrec.models.training import TrainingConfig
 from dcrec.state.registry import ModelRegistry
+from dcrec.streams.admission import RequestAdmission
 from dcrec.streams.cocorrrec_pipeline import (
     CorrectionService,
     TTTProcessor,
@@ -53,6 +54,8 @@ class PresetContext:
     upload_interval: int = 3600
     ttt_mini_batch: int = 10  # CoCorrRec's TTT mini-batch size b (§5.4.2: 1 … 20)
     request_budget: float = 0.1  # the share of clicks that may request parameters
+    request_capacity: float | None = None  # requests per stream second the cloud answers
+    request_queue: int = 100      # requests the cloud may hold waiting
     # each user's categorical attributes (age, gender, …), an array per attribute
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -158,9 +161,12 @@ def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
                               batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
                               n_negatives=ctx.train_negatives)
     registry = ModelRegistry()
-    service = ParameterService(factory, registry, name, ctx.max_len)
+    admission = (RequestAdmission(ctx.request_capacity, ctx.request_queue)
+                 if ctx.request_capacity is not None else None)
+    service = ParameterService(factory, registry, name, ctx.max_len, admission)
     policy = _REQUEST_POLICIES[name]
-    controller = ThresholdController(ctx.request_budget) if policy == "mrs" else None
+    controller = (ThresholdController(ctx.request_budget, ctx.request_capacity)
+                  if policy == "mrs" else None)
     cloud = IntellectReqCloudJob(name, factory, ctx.n_users, ctx.max_len, training, ctx.seed,
                                  registry, service, controller)
     processor = ParameterRequestProcessor(factory, ctx.max_len, policy, ctx.request_budget,

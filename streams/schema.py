@@ -148,7 +148,9 @@ class ParamRequest(_Event, tag="param_request"):
 
 class ParamResponse(_Event, tag="param_response"):
     """Parameters or a correction (float16 bytes) generated for one device by the
-    cloud with model ``version``, answering its request at click ``position``."""
+    cloud with model ``version``, answering its request at click ``position``; kind
+    ``busy`` (no payload) when the cloud was at capacity and shed the request, so the
+    device stops waiting and serves on with what it holds."""
 
     device: int
     ts: int
@@ -164,8 +166,12 @@ class Threshold(_Event, tag="threshold"):
 
     ts: int
     threshold: float
-    load: float
-    capacity: float
+    load: float                 # requests per click since the last threshold
+    capacity: float             # the share of clicks the cloud could afford
+    level: float = 1.0          # the share of the devices' MRS sample under the threshold
+    requests: int = 0           # requests since the last threshold (the demand)
+    admitted: int = 0           # of those, the ones the cloud served
+    seconds: int = 0            # stream seconds since the last threshold
     v: int = SCHEMA_VERSION
 
 

@@ -288,3 +288,59 @@ def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
     assert len(shared) >= 15
     for key in shared:
         assert rebuilt[key] == pytest.approx(asked[key], abs=1e-5), key
+
+
+def _surge_log(path) -> None:
+    """A day of clicks: 100 an hour, ten times as many from 08:00 to 14:00, then 100."""
+    rng = np.random.default_rng(0)
+    rows = ["user,item,timestamp"]
+    for hour in range(24):
+        n = 1000 if 8 <= hour < 14 else 100
+        for ts in np.sort(rng.integers(hour * 3600, (hour + 1) * 3600, n)):
+            user = int(rng.integers(0, 40))
+            rows.append(f"u{user},i{(user % 8) * 10 + int(rng.integers(0, 10))},{ts}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _check_surge(report: dict, capacity_per_hour: int, queue: int) -> None:
+    """What reached the generator stayed within 110% of capacity in every hour, the
+    queue within its bound, requests were shed in the surge, the threshold held the
+    demand back within the surge's first hours, and relaxed after it. (The threshold is
+    compared as the share of the devices' MRS it lets through: each release retrains
+    the agent, so raw MRS values of different hours are on different scales.)"""
+    timeline = [t for t in report["thresholds"] if t["seconds"] > 0]
+    assert len(timeline) >= 20
+    for t in timeline:
+        assert t["admitted"] <= 1.1 * capacity_per_hour * t["seconds"] / 3600, t
+    service = report["cloud_service"]
+    assert service["shed"] > 0 and 0 < service["max_queue"] <= queue == service["queue_bound"]
+    surge = [t for t in timeline if 10 * 3600 <= t["ts"] % 86400 <= 14 * 3600]
+    after = [t for t in timeline if t["ts"] % 86400 >= 17 * 3600]
+    assert max(t["level"] for t in surge) < 0.5 * min(t["level"] for t in after)
+    assert max(t["requests"] for t in surge) < 250   # of 1,000 clicks an hour
+
+
+SURGE = {"method": "intellectreq", "request_budget": 1.0, "request_capacity": 60 / 3600,
+         "request_queue": 5, "cloud_interval": 3600, "warmup": 1, "n_negatives": 20}
+
+
+def test_a_surge_is_shed_at_the_door_and_the_threshold_relaxes_after_it(tmp_path) -> None:
+    _surge_log(tmp_path / "surge.csv")
+    report = run_replay(ReplayConfig(dataset=str(tmp_path / "surge.csv"), **SURGE))
+    _check_surge(report, capacity_per_hour=60, queue=5)
+
+
+@pytest.mark.integration
+def test_a_surge_on_the_kafka_runtime_is_held_to_capacity(services, tmp_path) -> None:
+    """The same surge through real topics: requests cross param.requests to the cloud
+    process, whose door admits them; thresholds travel on control.threshold."""
+    from dcrec.replay.driver import open_source
+    from dcrec.replay.kafka_replay import run_kafka_replay
+
+    from dcrec.config import KafkaRuntimeSettings
+
+    _surge_log(tmp_path / "surge.csv")
+    config = ReplayConfig(dataset=str(tmp_path / "surge.csv"), **SURGE)
+    report = run_kafka_replay(config, open_source(config), KafkaRuntimeSettings(
+        broker=services.broker.url, redis=services.redis.url, workers=2), timeout=900)
+    _check_surge(report, capacity_per_hour=60, queue=5)
