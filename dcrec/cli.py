@@ -471,3 +471,86 @@ def resources(
 from dcrec import cli_ops  # noqa: E402, F401  (registers up / down on the app)
 
 
+@app.command("tune")
+def tune(
+    dataset: DatasetOption = "ml-100k",
+    method: Annotated[str, typer.Option(help="the preset to tune (see `dcrec methods`)")] = (
+        "dccl"),
+    upload_interval: Annotated[str, typer.Option(
+        help="comma-separated simulated times between device uploads")] = "1h,6h,1d",
+    cloud_interval: Annotated[str, typer.Option(
+        help="comma-separated simulated times between cloud jobs")] = "1d,3d,7d",
+    request_budget: Annotated[str, typer.Option(
+        help="comma-separated shares of clicks that may request")] = "0.1",
+    search: Annotated[str, typer.Option(help="grid, or optuna (NSGA-II over the values)")] = (
+        "grid"),
+    max_trials: Annotated[int | None, typer.Option(
+        help="at most this many trials (grid: the first N points; optuna: default 20)")] = None,
+    jobs: Annotated[int | None, typer.Option(help="trials at once (default: one per core)")] = (
+        None),
+    seed: int = 0,
+    max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    world_users: WorldUsers = None,
+    world_items: WorldItems = None,
+    world_events: WorldEvents = None,
+    out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path("runs/tune"),
+    fresh: Annotated[bool, typer.Option(help="ignore finished trials kept in --out")] = False,
+) -> None:
+    """Sweep how often devices upload, the cloud retrains and devices may ask; each trial
+    a local-runtime replay, in parallel, kept and resumable. Writes the table and the
+    Pareto front of quality (NDCG@10) against cost (uploads + requests + cloud compute
+    seconds)."""
+    from dcrec.config import parse_duration
+    from dcrec.replay.report import write_json
+    from dcrec.replay.tuning import (
+        TrialRunner,
+        TuneSpace,
+        default_jobs,
+        grid_search,
+        markdown,
+        optuna_search,
+        pareto_front,
+        plot,
+    )
+    from dcrec.streams.presets import PRESETS
+
+    if search not in ("grid", "optuna"):
+        _fail("--search is grid or optuna")
+    try:
+        space = TuneSpace(
+            upload_interval=[parse_duration(v) for v in upload_interval.split(",") if v],
+            cloud_interval=[parse_duration(v) for v in cloud_interval.split(",") if v],
+            request_budget=[float(v) for v in request_budget.split(",") if v])
+    except ValueError as error:
+        _fail(f"bad value in the sweep: {error}")
+    if any(not 0 <= b <= 1 for b in space.request_budget):
+        _fail("a request budget is a share of clicks in [0, 1]")
+    if any(v <= 0 for v in space.upload_interval + space.cloud_interval):
+        _fail("intervals must be positive")
+    config = _config(ReplayConfig, dataset=dataset, method=method, seed=seed,
+                     max_events=max_events,
+                     world=_config(WorldSettings, users=world_users, items=world_items,
+                                   events=world_events))
+    if method not in PRESETS:
+        _fail(f"unknown method {method!r}; see `dcrec methods`")
+    total = (min(max_trials or 20, 10_000) if search == "optuna"
+             else len(space.grid()[:max_trials]))
+    stem = out / f"tune-{dataset}-{method}"
+    with tqdm(total=total, desc="tune", unit="trial") as bar:
+        runner = TrialRunner(config, stem, jobs or default_jobs(), fresh,
+                             on_trial=lambda name: (bar.set_postfix_str(name), bar.update()))
+        try:
+            rows = (optuna_search(space, runner, total, seed) if search == "optuna"
+                    else grid_search(space, runner, max_trials))
+        except (ValueError, FileNotFoundError) as error:
+            _fail(str(error))
+    title = f"tuning {method} on {dataset} (seed {seed})"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"dataset": dataset, "method": method, "search": search, "trials": rows,
+                "front": pareto_front(rows)},
+               stem.with_suffix(".json"))
+    table = markdown(rows, title)
+    stem.with_suffix(".md").write_text(table)
+    plot(rows, title, stem.with_suffix(".png"))
+    print(table)
+    console.print(f"written: {stem}.{{json,md,png}}")

@@ -204,17 +204,29 @@ def mc2sf_settings(ctx: PresetContext) -> MC2SFSettings:
                          batch_size=ctx.batch_size, train_negatives=ctx.train_negatives)
 
 
-def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> dict:
-    """The result kept at ``path`` if it was made with the same ``settings`` (and
-    ``fresh`` is false); otherwise compute it and keep it there."""
-    if not fresh and path.exists():
+def load_kept(path: Path, settings: dict) -> dict | None:
+    """The result kept at ``path`` if it was made with the same ``settings``."""
+    if path.exists():
         kept = json.loads(path.read_text())
         if kept.get("settings") == settings:
             log.info("re-using %s", path)
             return kept["result"]
-    result = compute()
+    return None
+
+
+def keep(path: Path, settings: dict, result: dict) -> None:
+    """Keep ``result`` at ``path`` with the ``settings`` that made it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json({"settings": settings, "result": result}, path)
+
+
+def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> dict:
+    """The result kept at ``path`` if it was made with the same ``settings`` (and
+    ``fresh`` is false); otherwise compute it and keep it there."""
+    if not fresh and (kept := load_kept(path, settings)) is not None:
+        return kept
+    result = compute()
+    keep(path, settings, result)
     return result
 
 
