@@ -245,10 +245,10 @@ def test_bench_times_one_device_request_decision() -> None:
 
 
 def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
-    """The threshold's sample: for every click the cloud rebuilds the MRS the device's
-    agent computed — against the window of the device's latest answered request, across
-    clicks that did not ask and across cloud jobs — here checked on the clicks that
-    asked (their requests carry the device's value)."""
+    """The threshold's sample: for every click of a release's interval the cloud
+    rebuilds the MRS the device's agent computed — against the window of the device's
+    latest answered request, across clicks that did not ask — here checked on the clicks
+    that asked (their requests carry the device's value)."""
     from dcrec.state.click_history import occurrence
     from dcrec.state.device_state import DeviceStateTable
     from dcrec.streams.event_batch import EventBatch
@@ -278,12 +278,11 @@ def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
         state, _ = processor(table.gather(batch.devices), batch)
         table.scatter(batch.devices, state)
         cloud.observe(events)
-        if threshold > 0:           # a cloud job after each asking batch
-            windows, lengths, targets, users_ = cloud.windows.take()
-            positions = cloud.clicks[users_] + occurrence(users_) + 1  # before the job
-            mrs = cloud._device_mrs(windows, lengths, targets, users_)
-            rebuilt.update({(int(u), int(p)): float(m)
-                            for u, p, m in zip(users_, positions, mrs, strict=True)})
+    windows, lengths, targets, users_ = cloud.windows.take()    # the job's samples
+    positions = occurrence(users_) + 1
+    mrs = cloud._device_mrs(windows, lengths, targets, users_)
+    rebuilt.update({(int(u), int(p)): float(m)
+                    for u, p, m in zip(users_, positions, mrs, strict=True)})
     shared = set(asked) & set(rebuilt)
     assert len(shared) >= 15
     for key in shared:
@@ -344,3 +343,26 @@ def test_a_surge_on_the_kafka_runtime_is_held_to_capacity(services, tmp_path) ->
     report = run_kafka_replay(config, open_source(config), KafkaRuntimeSettings(
         broker=services.broker.url, redis=services.redis.url, workers=2), timeout=900)
     _check_surge(report, capacity_per_hour=60, queue=5)
+
+
+def test_parameters_expire_with_the_release_that_generated_them() -> None:
+    """A new release's static layers do not fit parameters an older generator made: a
+    device moving to it serves with the new generic parameters until it asks again."""
+    from dcrec.state.device_state import DeviceStateTable
+    from dcrec.streams.event_batch import EventBatch
+    from dcrec.streams.presets import PresetContext, build_pipeline
+    from dcrec.streams.processor import DeviceBatch
+
+    pipeline = build_pipeline("ec-cdr", PresetContext(n_users=2, n_items=30, seed=0))
+    processor, registry = pipeline.processor, pipeline.registry
+    table = DeviceStateTable(processor.state_spec, 2)
+    events = EventBatch(np.arange(4), np.array([0, 1, 0, 1]), np.array([3, 4, 5, 6]),
+                        np.arange(4), np.ones(4, np.int8))
+    batch = DeviceBatch.build(events, np.zeros(4, bool), np.zeros((0, 2), np.int64))
+    state, _ = processor(table.gather(batch.devices), batch)
+    assert state["has_params"].tolist() == [1, 1]
+    table.scatter(batch.devices, state)
+    processor.on_release(registry.publish("ec-cdr", processor.model.state_dict()), registry)
+    processor.policy = "never"
+    state, _ = processor(table.gather(batch.devices), batch)
+    assert state["has_params"].tolist() == [0, 0] and not state["code"].any()
