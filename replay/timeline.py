@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,13 +63,17 @@ def scrape(url: str, timeout: float = 2.0) -> list[Metric]:
 
 class RunTargets:
     """The ``/metrics`` of a kafka run's processes, as they recorded them in Redis
-    (this process's own address left out: :func:`this_process` reads it directly)."""
+    (this process's own address left out: :func:`this_process` reads it directly). A
+    process that stopped answering — a run's processes stop at its end — counts with
+    what it showed last."""
 
     def __init__(self, redis_url: str, run: str) -> None:
         from dcrec.state.redis_store import redis_client
 
-        self.client = redis_client(redis_url)
+        # no back-off: a run whose Redis is gone has no targets, and a sample must not wait
+        self.client = redis_client(redis_url, backoff_max=None)
         self.run = run
+        self.last: dict[str, list[Metric]] = {}  # by address
 
     def __call__(self) -> list[Metric]:
         import redis
@@ -78,10 +82,13 @@ class RunTargets:
         own = {server.url for server in SERVING}
         try:
             urls = sorted(set(metrics_targets(self.client, self.run).values()) - own)
-        except redis.RedisError as error:
+        except redis.RedisError as error:  # the run is over: what its processes showed
             log.debug("no metrics targets: %s", error)
-            return []
-        return [family for url in urls for family in scrape(url)]
+            urls = []
+        for url in urls:
+            if families := scrape(url):
+                self.last[url] = families
+        return [family for families in self.last.values() for family in families]
 
 
 def snapshot(families: Iterable[Metric]) -> Snapshot:
@@ -130,7 +137,8 @@ def by_label(values: Snapshot, name: str, label: str) -> dict[str, float]:
     return found
 
 
-def _clicks(values: Snapshot) -> float:
+def clicks_of(values: Snapshot) -> float:
+    """Clicks the device processors consumed."""
     return total(values, "dcrec_events_total", topic=CLICKS, direction="in")
 
 
@@ -138,20 +146,20 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
-def make_point(t: float, now: Snapshot, history: list[tuple[float, Snapshot]],
+def make_point(t: float, now: Snapshot, history: Sequence[tuple[float, Snapshot, float]],
                window_clicks: int) -> dict[str, Any]:
     """One point of the timeline at ``t`` seconds from ``now`` and the earlier
-    snapshots (oldest first; at least one)."""
-    last_t, last = history[-1]
+    snapshots ``(t, values, clicks_of(values))``, oldest first (at least one)."""
+    last_t, last, _ = history[-1]
     dt = max(t - last_t, 1e-9)
-    clicks = _clicks(now)
+    clicks = clicks_of(now)
     # the newest earlier snapshot at least window_clicks ago, else the oldest
-    base = history[0][1]
-    for _, earlier in reversed(history):
-        if clicks - _clicks(earlier) >= window_clicks:
-            base = earlier
+    base, base_clicks = history[0][1], history[0][2]
+    for _, earlier, earlier_clicks in reversed(history):
+        if clicks - earlier_clicks >= window_clicks:
+            base, base_clicks = earlier, earlier_clicks
             break
-    d_clicks = clicks - _clicks(base)
+    d_clicks = clicks - base_clicks
     events = total(now, "dcrec_events_total", topic=DEVICE_TOPICS, direction="in")
     produced = total(now, "dcrec_events_total", topic=DEVICE_TOPICS, direction="out")
     quality = {}
@@ -216,7 +224,7 @@ class LiveTimeline:
         self.record = record
         self.points: deque[dict[str, Any]] = deque(maxlen=settings.max_points)
         self.dropped = 0  # points older than the ones kept
-        self.history: deque[tuple[float, Snapshot]] = deque(maxlen=settings.max_points)
+        self.history: deque[tuple[float, Snapshot, float]] = deque(maxlen=settings.max_points)
         self.summary: dict[str, Any] | None = None
         self.lock = threading.Lock()  # the sampler appends while the server reads
         self.stopping = threading.Event()
@@ -228,7 +236,8 @@ class LiveTimeline:
         self._write({"info": self.info})
         # counters grow over the life of the process: the timeline starts from here
         self.baseline = self._read_sources()
-        self.history.append((0.0, self._snapshot()))
+        start = self._snapshot()
+        self.history.append((0.0, start, clicks_of(start)))
 
     def start(self) -> LiveTimeline:
         self.thread.start()
@@ -264,7 +273,7 @@ class LiveTimeline:
             if len(self.points) == self.points.maxlen:
                 self.dropped += 1
             self.points.append(point)
-            self.history.append((t, now))
+            self.history.append((t, now, point["clicks"]))
         self._write({"point": point})
         return point
 

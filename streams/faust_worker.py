@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import faust
 from dcrec.streams.device_worker import DeviceWorker, Entry
-from dcrec.streams.live_metrics import Throttle
 from dcrec.streams.topics import DEVICE_TOPICS, topic_name
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -99,7 +98,6 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
     topic = app.topic(*names, value_serializer="raw", key_serializer="raw",
                       partitions=partitions)
     holder: dict[str, DeviceWorker] = {}
-    lag_due = Throttle(1.0)  # consumer lag into the live metrics, once a second
 
     def worker() -> DeviceWorker:
         if "worker" not in holder:
@@ -129,7 +127,7 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
                 continue
             for handle in await core.drain():
                 await manual.ack(handle)
-            if core.meter is not None and lag_due():
+            if core.meter is not None:  # after each slice: a few gauges, no I/O
                 core.meter.lag("worker", core.lag(lambda t, p: highwater(app, t, p)))
             if on_finished is not None and on_finished(core):
                 log.info("stream finished")

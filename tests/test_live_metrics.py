@@ -106,8 +106,8 @@ def _snap(clicks: float, events: float, hr: float, requests: float = 0.0,
 
 
 def test_a_point_has_rates_between_samples_and_quality_over_the_recent_clicks():
-    history = [(0.0, _snap(0, 0, 0)), (1.0, _snap(100, 500, 50)),
-               (2.0, _snap(300, 1500, 100, requests=30))]
+    history = [(0.0, _snap(0, 0, 0), 0), (1.0, _snap(100, 500, 50), 100),
+               (2.0, _snap(300, 1500, 100, requests=30), 300)]
     point = make_point(4.0, _snap(400, 2500, 190, requests=70, capacity=0.2), history,
                        window_clicks=250)
     assert point["events_per_second"] == pytest.approx((2500 - 1500) / 2.0)
@@ -271,3 +271,7 @@ def test_the_kafka_processes_serve_metrics_the_dashboard_samples(services):
     assert max(p["produced"] for p in points) == 0  # this process's own counters: not read
     assert any(p["quality"].get("gru4rec", {}).get("AUC") for p in points)
     assert max(p["versions"].get("gru4rec", 0) for p in points) >= 1
+    # sampled after the processes stopped: they count with what they showed last
+    assert points[-1]["events"] == max(p["events"] for p in points)
+    assert points[-1]["versions"]["gru4rec"] == max(p["versions"].get("gru4rec", 0)
+                                                    for p in points)
