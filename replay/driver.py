@@ -143,7 +143,15 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
     for model in pipeline.registry.models():
         if (version := pipeline.registry.latest(model)) is not None:
             meter.released(model, version.version)
-    runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, evaluator.add,
+
+    def score(users: np.ndarray, scores: np.ndarray) -> None:
+        """Evaluate, and count the quality in the metrics as the evaluator ranked it."""
+        kept = len(evaluator.ranks)
+        evaluator.add(users, scores)
+        if len(evaluator.ranks) > kept:
+            meter.ranked(evaluator.ranks[-1], evaluator.aucs[-1])
+
+    runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, score,
                            config.cloud_interval, config.warmup, meter)
     started = time.perf_counter()
     stats = runtime.run(source.batches(config.micro_batch), progress)

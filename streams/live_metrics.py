@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
-from dcrec.models.metrics import ndcg_at, rank_of_positive, row_auc
+from dcrec.models.metrics import ndcg_at
 from dcrec.streams.processor import Outputs
 from dcrec.streams.schema import Hint, ParamRequest, Release, Threshold, Upload
 from dcrec.streams.topics import (
@@ -212,13 +212,10 @@ class Meter:
                 DEAD_LETTERS.labels(str(reason)).inc(n)
         self.sent({DEADLETTER: sum(reasons.values())})
 
-    def scores(self, scores: np.ndarray) -> None:
-        """The scored clicks of a micro-batch (column 0 the clicked item)."""
-        if len(scores) == 0:
-            return
-        ranks = rank_of_positive(scores)
+    def ranked(self, ranks: np.ndarray, aucs: np.ndarray) -> None:
+        """Scored clicks as the evaluator ranked them: their ranks and AUCs."""
         self.quality(len(ranks), float((ranks <= 10).sum()), float(ndcg_at(ranks, 10).sum()),
-                     float(row_auc(scores).sum()))
+                     float(aucs.sum()))
 
     def quality(self, n: int, hr10: float, ndcg10: float, auc: float) -> None:
         """``n`` scored clicks and the sums of their HR@10, NDCG@10 and AUC."""

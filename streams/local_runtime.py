@@ -185,7 +185,6 @@ class LocalRuntime:
         assert meter is not None
         meter.device_events(clicks, exposures, seconds)
         meter.outputs(out)
-        meter.scores(out.scores)
         if self.pipeline.service is not None:
             meter.service(self.pipeline.service)
 
