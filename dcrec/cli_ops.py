@@ -20,8 +20,9 @@ RunOption = Annotated[str, typer.Option(help="the run id (a replay prints it)")]
 RedisOption = Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS", help=(
     "Redis URL of the run (default: `dcrec up`'s, else redis://127.0.0.1:6379/0)"))]
 MetricsPortOption = Annotated[int | None, typer.Option(
-    min=0, max=65535, help="serve /metrics on 127.0.0.1 at this port (0: a free one; "
-    "default: the run's port for the role, see KafkaRuntimeSettings.metrics_port)")]
+    min=0, max=65535, help="serve /metrics at this port on the run's metrics host "
+    "(loopback by default; 0: a free port; default: the role's port, 9461 for the cloud, "
+    "9462 for a worker; a port in use: a free one)")]
 
 
 @app.command()
