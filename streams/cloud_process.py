@@ -208,10 +208,16 @@ class CloudProcess:
     def _sample(self) -> None:
         """The live metrics sampled, not counted: the service's queue, this consumer's
         lag on the device topics."""
+        from kafka.errors import KafkaError
+
         assert self.meter is not None
         if self.server is not None:
             self.meter.service(self.server.service)
-        end = self.consumer.end_offsets(self.device_tps)
+        try:
+            end = self.consumer.end_offsets(self.device_tps)
+        except KafkaError as error:  # the broker is away: no lag this time
+            log.debug("no end offsets: %s", error)
+            return
         short = {topic_name(t, self.namespace): t for t in DEVICE_TOPICS}
         self.meter.lag("cloud", {(short[tp.topic], tp.partition):
                                  end[tp] - self.consumer.position(tp) for tp in self.device_tps})

@@ -285,7 +285,7 @@ class DeviceWorker:
             decoded, new_hints, k)
         out_stats["counters"].update(lag)
 
-        def commit() -> None:
+        def commit() -> bool:
             # WATCH the group's progress keys: a commit retried after a lost EXEC reply,
             # or a previous owner finishing this slice after a rebalance, finds the slice
             # done (or its EXEC refused) instead of applying it twice
@@ -293,7 +293,7 @@ class DeviceWorker:
                 watched = progress_keys(self.keys, group)
                 pipe.watch(*watched)
                 if Progress.decode(pipe.get(watched[0])).next_slice > k:
-                    return
+                    return False
                 pipe.multi()
                 self.store.write(pipe, devices, header, rows)
                 self._queue_pending(pipe, pending_raw)
@@ -321,9 +321,10 @@ class DeviceWorker:
                     new = Progress(k + 1, offsets, clock.next_job, applied, versions, None)
                     pipe.set(self.keys("progress", p), new.encode())
                 pipe.execute()
+                return True
 
-        await self._redis(commit)
-        if self.meter is not None:
+        committed = await self._redis(commit)
+        if self.meter is not None and committed:  # a slice done before counts once
             self._record(out_stats, time.perf_counter() - started,
                          time.time() * 1000.0 - decoded.produced_ms)
         for p, t in zip(group, taken, strict=True):
