@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 METHOD ?= gru4rec
 REPORT ?= runs/demo-ml-100k.json
 
-.PHONY: demo test setup dev lint clean
+.PHONY: demo test setup dev browser lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,25 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# the dashboard's browser test: selenium, and Debian's chromium + chromium-driver where
+# /usr/bin/chromedriver is missing (apt-get needs root; without it the test says why it
+# skips)
+$(VENV)/.installed-browser: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet -e '.[dev,browser]'
+	touch $@
+
 setup: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
+browser: $(VENV)/.installed-browser
+	@test -x /usr/bin/chromedriver || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || \
+		echo "chromium could not be installed: the dashboard's browser test will skip"
 
 demo: setup
 	$(BIN)/dcrec data get ml-100k
 	$(BIN)/dcrec replay --dataset ml-100k --method $(METHOD) --seed 0 --report $(REPORT)
 
-test: dev
+test: dev browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from tqdm import tqdm
 
-from dcrec.config import ModelConfig, ReplayConfig, WorldSettings, parse_columns
+from dcrec.config import (
+    DashboardSettings,
+    ModelConfig,
+    ReplayConfig,
+    WorldSettings,
+    parse_columns,
+)
 
 app = typer.Typer(help="Streaming online learning for device-cloud collaborative "
                   "recommendation.", no_args_is_help=True, add_completion=False)
@@ -32,6 +38,8 @@ DEFAULT_EVAL_METHODS = "gru4rec,sasrec,din,river-mf"
 EmbeddingOption = Annotated[int | None, typer.Option(help="embedding size (model default)")]
 LrOption = Annotated[float | None, typer.Option(help="Adam learning rate (model default if unset)")]
 L2Option = Annotated[float | None, typer.Option(help="L2 weight (model default if unset)")]
+PortOption = Annotated[int | None, typer.Option(
+    help="dashboard port on 127.0.0.1 (default 9460; 0: a free port; taken: a free one)")]
 
 
 def _fail(message: str) -> None:
@@ -126,8 +134,13 @@ def replay(
     state: Annotated[Path | None, typer.Option(
         help="local runtime: keep every device's final state here (.npz)")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    dashboard: Annotated[bool, typer.Option(
+        help="serve the live dashboard while the replay runs (and record it)")] = False,
+    port: PortOption = None,
 ) -> None:
     """Replay a log as a stream through a method and report quality, cost and speed."""
+    from contextlib import nullcontext
+
     from dcrec.replay.driver import open_source, run_replay
     from dcrec.replay.report import replay_markdown, write_json
 
@@ -142,20 +155,32 @@ def replay(
                       lr=lr, l2=l2),
         world=_config(WorldSettings, users=world_users, items=world_items, events=world_events),
     )
+    board_settings = _config(DashboardSettings, port=port)
     try:
         source = open_source(config)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
-    with tqdm(total=source.n_events, unit="ev", unit_scale=True, disable=quiet,
-              desc=f"{config.method} on {source.name}") as bar:
+    if dashboard:
+        from dcrec.replay.dashboard import replay_dashboard
+
+        watching = replay_dashboard(config, board_settings)
+    else:
+        watching = nullcontext()
+    with watching as board, tqdm(total=source.n_events, unit="ev", unit_scale=True,
+                                 disable=quiet, desc=f"{config.method} on {source.name}") as bar:
+        if board is not None:
+            console.print(f"dashboard: {board.url}  (recording {board.timeline.record})")
         try:
             result = run_replay(config, source, progress=bar.update,
                                 kafka=_kafka_settings(speed, workers, broker, redis_url),
-                                state_path=state)
+                                state_path=state,
+                                on_kafka_run=board.follow_kafka_run if board else None)
         except (ValueError, TimeoutError) as error:
             _fail(str(error))
         except RuntimeError as error:  # a kafka run's service or process failed
             _fail(f"{error}")
+        if board is not None:
+            board.finish(result)
     if report is not None:
         write_json(result, report)
     print(replay_markdown(result))
@@ -210,6 +235,51 @@ def bench(
     append_benchmarks(section, out)
     print(section)
     console.print(f"appended to {out}")
+
+
+@app.command("dashboard")
+def dashboard_(
+    recording: Annotated[Path | None, typer.Argument(help=(
+        "a recording of `dcrec replay --dashboard` (default: the latest in runs/live)"))] = None,
+    run: Annotated[str | None, typer.Option(
+        help="instead: sample the processes of this kafka run (its id) live")] = None,
+    redis_url: Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS", help=(
+        "with --run: the run's Redis (default: `dcrec up`'s)"))] = "",
+    port: PortOption = None,
+    stop_after: Annotated[float | None, typer.Option(
+        min=0, help="stop serving after this many seconds (default: at Ctrl-C)")] = None,
+) -> None:
+    """Serve the live dashboard of a replay, running or finished, on 127.0.0.1."""
+    import time
+
+    from dcrec.replay.dashboard import serve_dashboard
+    from dcrec.replay.timeline import LiveTimeline, RecordedTimeline, RunTargets, latest_recording
+
+    settings = _config(DashboardSettings, port=port)
+    if run is not None:
+        from dcrec.cli_ops import run_redis_url
+
+        timeline = LiveTimeline(settings, {"run": run, "runtime": "kafka"},
+                                [RunTargets(run_redis_url(redis_url), run)]).start()
+    else:
+        try:
+            recording = recording or latest_recording(Path(settings.record_dir))
+            timeline = RecordedTimeline(recording)
+        except FileNotFoundError as error:
+            _fail(str(error))
+    server = serve_dashboard(timeline, settings)
+    print(f"dashboard: {server.url}  ({f'run {run}' if run else recording})")
+    console.print("Ctrl-C stops it")
+    try:
+        deadline = None if stop_after is None else time.monotonic() + stop_after
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        if isinstance(timeline, LiveTimeline):
+            timeline.finish()
 
 
 @app.command("groups")

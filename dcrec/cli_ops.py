@@ -19,6 +19,10 @@ ServicesFile = Annotated[Path | None, typer.Option(
 RunOption = Annotated[str, typer.Option(help="the run id (a replay prints it)")]
 RedisOption = Annotated[str, typer.Option("--redis", envvar="DCREC_REDIS", help=(
     "Redis URL of the run (default: `dcrec up`'s, else redis://127.0.0.1:6379/0)"))]
+MetricsPortOption = Annotated[int | None, typer.Option(
+    min=0, max=65535, help="serve /metrics at this port on the run's metrics host "
+    "(loopback by default; 0: a free port; default: the role's port, 9461 for the cloud, "
+    "9462 for a worker; a port in use: a free one)")]
 
 
 @app.command()
@@ -80,7 +84,7 @@ def topics_create(
               f"{' '.join(f'{k}={v}' for k, v in topic_configs(spec).items())}  {state}")
 
 
-def _run_redis(redis_url: str) -> str:
+def run_redis_url(redis_url: str) -> str:
     """The Redis of a run: the given URL, else `dcrec up`'s, else the local default."""
     from dcrec.infra.services import recorded, services_path
 
@@ -91,25 +95,27 @@ def _run_redis(redis_url: str) -> str:
 
 
 @app.command()
-def worker(run: RunOption, redis_url: RedisOption = "") -> None:
+def worker(run: RunOption, redis_url: RedisOption = "",
+           metrics_port: MetricsPortOption = None) -> None:
     """A device worker (faust agent keyed by device id) of a kafka run; start more to
     scale out."""
     from dcrec.replay.kafka_replay import run_worker
 
     try:
-        run_worker(run, _run_redis(redis_url))
+        run_worker(run, run_redis_url(redis_url), metrics_port)
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
 
 
 @app.command()
-def cloud(run: RunOption, redis_url: RedisOption = "") -> None:
+def cloud(run: RunOption, redis_url: RedisOption = "",
+          metrics_port: MetricsPortOption = None) -> None:
     """The cloud jobs of a kafka run, as their own process."""
     from dcrec.replay.kafka_replay import run_cloud
 
     try:
-        run_cloud(run, _run_redis(redis_url))
+        run_cloud(run, run_redis_url(redis_url), metrics_port)
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None

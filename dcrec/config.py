@@ -57,6 +57,28 @@ def parse_columns(value: object) -> dict[str, str]:
 ColumnMapping = Annotated[dict[str, str], BeforeValidator(parse_columns)]
 
 
+def bind_host(value: object) -> str:
+    """An address or host name a dcrec server binds to. The defaults are loopback
+    (DESIGN.md: network services bind to loopback unless configured otherwise).
+
+    >>> bind_host("127.0.0.1"), bind_host("localhost")
+    ('127.0.0.1', 'localhost')
+    """
+    import ipaddress
+
+    host = str(value).strip()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", host):
+        raise ValueError(f"{value!r} is not an IP address or host name")
+    return host
+
+
+BindHost = Annotated[str, BeforeValidator(bind_host)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -191,3 +213,34 @@ class KafkaRuntimeSettings(_Strict):
     # answer (the cloud may be training), so their results equal the local runtime's
     correction_timeout: float = Field(0.25, gt=0)
     aligned_wait: float = Field(120.0, gt=0)
+    # every process of a run serves /metrics (Prometheus) on this host: the replay
+    # process at ``metrics_port`` (unless its dashboard serves it), the cloud process at
+    # ``metrics_port + 1``, device worker i at ``metrics_port + 2 + i``; a port in use
+    # falls back to a free one, 0 takes free ports. Each process records its address in
+    # the run's Redis keys (``dcrec:{run}:metrics``), where the dashboard finds it.
+    metrics_host: BindHost = "127.0.0.1"
+    metrics_port: int = Field(9460, ge=0, le=65535 - 66)
+
+    def role_metrics_port(self, role: str, index: int = 0) -> int:
+        """The /metrics port of ``role`` (replay, cloud, worker ``index``)."""
+        if self.metrics_port == 0:
+            return 0
+        offsets = {"replay": 0, "cloud": 1, "worker": 2 + index}
+        return self.metrics_port + offsets[role]
+
+
+class DashboardSettings(_Strict):
+    """The live dashboard (``dcrec dashboard``, ``dcrec replay --dashboard``): where it
+    is served, how often it samples the metrics, where it records what it sampled."""
+
+    host: BindHost = "127.0.0.1"
+    # the page, its JSON (/api/timeline) and this process's /metrics; 0: a free port
+    port: int = Field(9460, ge=0, le=65535)
+    # seconds between two samples of the metrics (the charts' resolution)
+    interval: float = Field(0.5, ge=0.05, le=60)
+    # rolling quality and request rate: over at least this many recent clicks
+    window_clicks: int = Field(2000, ge=1)
+    # samples kept for the page (older ones stay in the recording)
+    max_points: int = Field(7200, ge=10)
+    # recordings of the sampled timeline, one JSON-lines file per run
+    record_dir: str = "runs/live"

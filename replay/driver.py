@@ -17,6 +17,7 @@ from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.live_metrics import Meter, describe_run
 from dcrec.streams.local_runtime import LocalRuntime
 from dcrec.streams.presets import PresetContext, build_pipeline
 from dcrec.streams.schema import Rejected
@@ -117,10 +118,13 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
 def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
                progress: Callable[[int], None] | None = None,
                kafka: KafkaRuntimeSettings | None = None,
-               state_path: Path | None = None) -> dict:
+               state_path: Path | None = None,
+               on_kafka_run: Callable[[str, str], None] | None = None) -> dict:
     """Replay and evaluate; returns the report (DESIGN.md's contract). The kafka
-    runtime takes its broker, Redis and worker settings from ``kafka``. ``state_path``
-    (local runtime): keep every device's final state there, one array per field (npz)."""
+    runtime takes its broker, Redis and worker settings from ``kafka``, and calls
+    ``on_kafka_run`` with the run id and its Redis URL once the run's processes are up.
+    ``state_path`` (local runtime): keep every device's final state there, one array
+    per field (npz). Either runtime records into the process's live metrics."""
     source = source or open_source(config)
     if config.runtime == "kafka":
         if state_path is not None:
@@ -128,11 +132,27 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
                              "run keeps device state in Redis")
         from dcrec.replay.kafka_replay import run_kafka_replay
 
-        return run_kafka_replay(config, source, kafka or KafkaRuntimeSettings(), progress)
+        return run_kafka_replay(config, source, kafka or KafkaRuntimeSettings(), progress,
+                                on_start=on_kafka_run)
     pipeline = build_pipeline(config.method, preset_context(config, source))
     evaluator = RankingEvaluator()
-    runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, evaluator.add,
-                           config.cloud_interval, config.warmup)
+    meter = Meter(config.method)
+    describe_run("local", source.name, config.method, "local", "replay")
+    reasons = Counter(str(r.reason) for r in source.rejected)
+    meter.dead_letters(reasons)  # rows the loader refused
+    for model in pipeline.registry.models():
+        if (version := pipeline.registry.latest(model)) is not None:
+            meter.released(model, version.version)
+
+    def score(users: np.ndarray, scores: np.ndarray) -> None:
+        """Evaluate, and count the quality in the metrics as the evaluator ranked it."""
+        kept = len(evaluator.ranks)
+        evaluator.add(users, scores)
+        if len(evaluator.ranks) > kept:
+            meter.ranked(evaluator.ranks[-1], evaluator.aucs[-1])
+
+    runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, score,
+                           config.cloud_interval, config.warmup, meter)
     started = time.perf_counter()
     stats = runtime.run(source.batches(config.micro_batch), progress)
     wall = time.perf_counter() - started
@@ -140,7 +160,6 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
         np.savez_compressed(state_path, **runtime.state.columns)
 
     latencies = np.repeat(stats.batch_latency_ms, stats.batch_sizes) if stats.events else [0.0]
-    reasons = Counter(r.reason for r in source.rejected)
     return {
         "dataset": source.name,
         "method": config.method,

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from dcrec.models.metrics import METRIC_NAMES, RankingEvaluator
 from dcrec.replay.driver import ReplaySource, open_source, peak_rss_mb, preset_context
 from dcrec.state.device_state import spec_nbytes
 from dcrec.state.redis_store import HEADER, RedisDeviceStore, RunKeys, redis_client
+from dcrec.streams.live_metrics import SERVING, Meter, describe_run, serve_metrics
 from dcrec.streams.presets import build_pipeline
 from dcrec.streams.replay_producer import ReplayProducer, produce_slices
 from dcrec.streams.run_keys import latency_percentile, read_progress
@@ -60,8 +61,31 @@ def _partitions(settings: KafkaRuntimeSettings) -> int:
     return settings.topics[CLICKS].partitions
 
 
-def run_worker(run: str, redis_url: str) -> None:
-    """``dcrec worker``: a faust device worker of run ``run`` (until stopped)."""
+@contextmanager
+def exported_metrics(client: redis.Redis, run: str, role: str, host: str, port: int,
+                     ) -> Iterator[str]:
+    """Serve this process's ``/metrics`` on ``host:port`` while the block runs, its
+    address recorded in the run's Redis keys (``dcrec:{run}:metrics``)."""
+    server = serve_metrics(host, port)
+    key, name = RunKeys(run)("metrics"), f"{role}:{os.getpid()}"
+    client.hset(key, name, server.url)
+    log.info("%s of run %s: metrics at %s/metrics", role, run, server.url)
+    try:
+        yield server.url
+    finally:
+        with suppress(redis.RedisError):
+            client.hdel(key, name)
+        server.close()
+
+
+def metrics_targets(client: redis.Redis, run: str) -> dict[str, str]:
+    """The ``/metrics`` addresses the processes of run ``run`` recorded, by process."""
+    return {k.decode(): v.decode() for k, v in client.hgetall(RunKeys(run)("metrics")).items()}
+
+
+def run_worker(run: str, redis_url: str, metrics_port: int | None = None) -> None:
+    """``dcrec worker``: a faust device worker of run ``run`` (until stopped), its
+    ``/metrics`` at ``metrics_port`` (None: the run's first worker port)."""
     import torch
     from dcrec.streams.device_worker import DeviceWorker, WorkerConfig
     from dcrec.streams.faust_worker import attach_device_agent, faust_app
@@ -92,17 +116,23 @@ def run_worker(run: str, redis_url: str) -> None:
             spec["bootstrap"], spec["namespace"], partitions, send, producer.flush,
             settings.correction_timeout if not spec["aligned"] else settings.aligned_wait)
 
+    meter = Meter(config.method)
+    describe_run(run, source.name, config.method, "kafka", "worker")
+
     def make() -> DeviceWorker:
         return DeviceWorker(worker_config, pipeline.processor, source.sampler.sample, client,
-                            send, producer.flush)
+                            send, producer.flush, meter)
 
     app = faust_app(f"dcrec-{run}", spec["bootstrap"], settings.faust)
     attach_device_agent(app, spec["namespace"], partitions, make)
-    Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    port = settings.role_metrics_port("worker") if metrics_port is None else metrics_port
+    with exported_metrics(client, run, "worker", settings.metrics_host, port):
+        Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
-def run_cloud(run: str, redis_url: str) -> None:
-    """``dcrec cloud``: the cloud jobs of run ``run``, until its stream ends."""
+def run_cloud(run: str, redis_url: str, metrics_port: int | None = None) -> None:
+    """``dcrec cloud``: the cloud jobs of run ``run``, until its stream ends; its
+    ``/metrics`` at ``metrics_port`` (None: the run's cloud port)."""
     from dcrec.streams.cloud_process import CloudProcess
 
     spec = read_spec(redis_client(redis_url), run)
@@ -111,21 +141,26 @@ def run_cloud(run: str, redis_url: str) -> None:
     client = redis_client(redis_url, settings.redis_backoff_max)
     source = open_source(config)
     pipeline = build_pipeline(config.method, preset_context(config, source))
-    CloudProcess(run, spec["namespace"], spec["bootstrap"], _partitions(settings),
-                 source.n_users, source.n_items, pipeline.cloud, pipeline.registry, client,
-                 config.cloud_interval, spec["aligned"], pipeline.service).run()
+    describe_run(run, source.name, config.method, "kafka", "cloud")
+    port = settings.role_metrics_port("cloud") if metrics_port is None else metrics_port
+    with exported_metrics(client, run, "cloud", settings.metrics_host, port):
+        CloudProcess(run, spec["namespace"], spec["bootstrap"], _partitions(settings),
+                     source.n_users, source.n_items, pipeline.cloud, pipeline.registry, client,
+                     config.cloud_interval, spec["aligned"], pipeline.service,
+                     Meter(config.method)).run()
 
 
 def spawn_role(role: str, run: str, redis_url: str, log_dir: Path, threads: int = 1,
-               ) -> subprocess.Popen:
+               metrics_port: int = 0) -> subprocess.Popen:
     """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process using
-    ``threads`` torch threads."""
+    ``threads`` torch threads, its ``/metrics`` at ``metrics_port`` (0: a free port)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / f"{role}-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
     env = {**os.environ, "DCREC_THREADS": str(threads)}
     return subprocess.Popen(
         [sys.executable, "-c", "from dcrec.cli import app; app()", role, "--run", run,
-         "--redis", redis_url], stdout=out, stderr=subprocess.STDOUT, env=env)
+         "--redis", redis_url, "--metrics-port", str(metrics_port)],
+        stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def run_finished(client: redis.Redis, run: str, partitions: int, end_slice: int) -> bool:
@@ -145,22 +180,26 @@ class KafkaRun:
     equal only when the training arithmetic is. In a live run it uses one, leaving the
     other cores to the workers' latency."""
 
-    def __init__(self, run: str, redis_url: str, log_dir: Path, aligned: bool) -> None:
+    def __init__(self, run: str, redis_url: str, log_dir: Path, aligned: bool,
+                 settings: KafkaRuntimeSettings | None = None) -> None:
         import torch
 
         self.run, self.redis_url, self.log_dir = run, redis_url, log_dir
+        self.settings = settings or KafkaRuntimeSettings()
         self.cloud_threads = torch.get_num_threads() if aligned else 1
         self.cloud: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
     def start(self, workers: int) -> None:
         self.cloud = spawn_role("cloud", self.run, self.redis_url, self.log_dir,
-                                self.cloud_threads)
+                                self.cloud_threads, self.settings.role_metrics_port("cloud"))
         for _ in range(workers):
             self.add_worker()
 
     def add_worker(self) -> subprocess.Popen:
-        process = spawn_role("worker", self.run, self.redis_url, self.log_dir)
+        port = self.settings.role_metrics_port("worker", len(self.workers))
+        process = spawn_role("worker", self.run, self.redis_url, self.log_dir,
+                             metrics_port=port)
         self.workers.append(process)
         return process
 
@@ -397,9 +436,12 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 @contextmanager
 def kafka_session(config: ReplayConfig, source: ReplaySource,
                   settings: KafkaRuntimeSettings, run: str | None = None,
+                  on_start: Callable[[str, str], None] | None = None,
                   ) -> Iterator[KafkaSession]:
     """Topics, run specification, cloud process and device workers of a new run, its
-    producer ready; everything started is stopped on leaving."""
+    producer ready; everything started is stopped on leaving. ``on_start`` is called
+    with the run id and its Redis URL once the processes are up. This process serves
+    ``/metrics`` (the producer's counters) unless it already does (a dashboard)."""
     run = run or f"r{uuid.uuid4().hex[:8]}"
     log_dir = Path("runs") / "kafka" / run
     pipeline = build_pipeline(config.method, preset_context(config, source))
@@ -411,31 +453,43 @@ def kafka_session(config: ReplayConfig, source: ReplaySource,
         client = redis_client(ends.redis, settings.redis_backoff_max)
         create_topics(ends.broker, settings, namespace=run)
         write_spec(client, run, config, settings, ends.broker, aligned=settings.speed == 0)
-        processes = KafkaRun(run, ends.redis, log_dir, aligned=settings.speed == 0)
+        processes = KafkaRun(run, ends.redis, log_dir, aligned=settings.speed == 0,
+                             settings=settings)
         producer = None
-        try:
-            processes.start(settings.workers)
-            wait_assigned(client, run, _partitions(settings), processes)
-            producer = ReplayProducer(ends.broker, run, _partitions(settings))
-            yield KafkaSession(run, config, source, settings, client, processes, producer,
-                               spec_nbytes(pipeline.processor.state_spec))
-        finally:
-            processes.stop()
-            if producer is not None:
-                producer.close()
-
+        describe_run(run, source.name, config.method, "kafka", "replay")
+        with ExitStack() as metrics:
+            if SERVING:  # this process's dashboard serves /metrics already
+                client.hset(RunKeys(run)("metrics"), f"replay:{os.getpid()}", SERVING[0].url)
+            else:
+                metrics.enter_context(exported_metrics(
+                    client, run, "replay", settings.metrics_host,
+                    settings.role_metrics_port("replay")))
+            try:
+                processes.start(settings.workers)
+                wait_assigned(client, run, _partitions(settings), processes)
+                if on_start is not None:
+                    on_start(run, ends.redis)
+                producer = ReplayProducer(ends.broker, run, _partitions(settings))
+                yield KafkaSession(run, config, source, settings, client, processes, producer,
+                                   spec_nbytes(pipeline.processor.state_spec))
+            finally:
+                processes.stop()
+                if producer is not None:
+                    producer.close()
 
 def run_kafka_replay(config: ReplayConfig, source: ReplaySource,
                      settings: KafkaRuntimeSettings,
                      progress: Callable[[int], None] | None = None,
                      run: str | None = None, timeout: float = 3600.0,
                      while_running: Callable[[KafkaSession], None] | None = None,
+                     on_start: Callable[[str, str], None] | None = None,
                      ) -> dict:
     """Replay ``source`` through the kafka runtime and report. ``settings.speed`` 0
     is an event-time replay (the local runtime's results); otherwise a live run paced
     at that speed-up (``inf``: unpaced) whose cloud outputs land when they are ready.
-    ``while_running`` is called in a thread once the stream starts (fault injection)."""
-    with (kafka_session(config, source, settings, run) as session,
+    ``while_running`` is called in a thread once the stream starts (fault injection);
+    ``on_start`` with the run id and Redis URL once the run's processes are up."""
+    with (kafka_session(config, source, settings, run, on_start) as session,
           applied_progress(session.client, session.run, progress)):
         if while_running is not None:
             threading.Thread(target=while_running, args=(session,), daemon=True).start()
@@ -443,5 +497,5 @@ def run_kafka_replay(config: ReplayConfig, source: ReplaySource,
         speed = None if aligned or settings.speed == float("inf") else settings.speed
         slices = event_time_slices(source.batches(config.micro_batch), config.cloud_interval)
         produced = produce_slices(session.producer, slices, speed=speed,
-                                  tick=settings.watermark_tick)
+                                  tick=settings.watermark_tick, meter=Meter(config.method))
         return session.finish(timeout, produced)

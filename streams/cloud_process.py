@@ -25,6 +25,7 @@ from dcrec.state.redis_store import RunKeys
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.device_messages import after_position, decode_slice, header, marker_slice
 from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.live_metrics import Meter, Throttle
 from dcrec.streams.processor import CloudJob, Outputs
 from dcrec.streams.run_keys import read_progress
 from dcrec.streams.schema import Hint, Release, Threshold, Upload
@@ -49,10 +50,13 @@ class CloudProcess:
     def __init__(self, run: str, namespace: str, bootstrap: str, partitions: int,
                  n_devices: int, n_items: int, cloud: CloudJob | None,
                  registry: ModelRegistry, client: redis.Redis, cloud_interval: int,
-                 aligned: bool = True, service: Any = None) -> None:
+                 aligned: bool = True, service: Any = None,
+                 meter: Meter | None = None) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
         self.run_id = run
+        self.meter = meter  # the process's live metrics: jobs, releases, load, lag
+        self.sample_due = Throttle(1.0)
         self.namespace = namespace
         self.cloud = cloud
         self.local_registry = registry
@@ -99,10 +103,14 @@ class CloudProcess:
             version = self.local_registry.latest(model)
             if version is not None and self.registry.latest(model) is None:
                 self.registry.publish(model, self.local_registry.load(version), version.version)
+            if version is not None and self.meter is not None:
+                self.meter.released(model, version.version)
 
     def _poll(self, timeout_ms: int = 50) -> None:
         for tp, records in self.consumer.poll(timeout_ms=timeout_ms, max_records=20000).items():
             if tp.topic == self.upload_topic:
+                if self.meter is not None:
+                    self.meter.sent({UPLOADS: len(records)}, direction="in")
                 for r in records:
                     event = decode_event(r.value)
                     if isinstance(event, Upload):
@@ -167,6 +175,8 @@ class CloudProcess:
         """Poll once and process every slice that is whole; ``False`` once the stream's
         end marker is reached and all slices are done."""
         self._poll()
+        if self.meter is not None and self.sample_due():
+            self._sample()
         while self._slice_ready(self.slice):
             k = self.slice
             # uploads, and requests the cloud's service answered (its load, which sets
@@ -195,13 +205,36 @@ class CloudProcess:
             return False
         return True
 
+    def _sample(self) -> None:
+        """The live metrics sampled, not counted: the service's queue, this consumer's
+        lag on the device topics."""
+        from kafka.errors import KafkaError
+
+        assert self.meter is not None
+        if self.server is not None:
+            self.meter.service(self.server.service)
+        try:
+            end = self.consumer.end_offsets(self.device_tps)
+        except KafkaError as error:  # the broker is away: no lag this time
+            log.debug("no end offsets: %s", error)
+            return
+        short = {topic_name(t, self.namespace): t for t in DEVICE_TOPICS}
+        self.meter.lag("cloud", {(short[tp.topic], tp.partition):
+                                 end[tp] - self.consumer.position(tp) for tp in self.device_tps})
+
     def _run_job(self, at: int, k: int) -> None:
         if self.cloud is None:
             return
         started = time.perf_counter()
         out: Outputs | None = self.cloud.run(at)
-        self.stats["cloud_seconds"] += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.stats["cloud_seconds"] += seconds
         self.stats["cloud_jobs"] += 1
+        if self.meter is not None:
+            self.meter.cloud_job(seconds)
+            if out is not None:
+                self.meter.outputs(out)
+                self.meter.emitted(out.emitted)
         if out is None:
             return
         self.stats["uploads"] += out.uploads
@@ -220,6 +253,8 @@ class CloudProcess:
                     self.registry.publish(event.model, self.local_registry.load(version),
                                           version.version)
                 releases[event.model] = version.version
+                if self.meter is not None:
+                    self.meter.released(event.model, version.version)
                 self.stats["releases"] += 1
                 self.producer.send(topic_name(RELEASES, self.namespace), encode_event(event),
                                    key=event.model.encode())

@@ -42,6 +42,7 @@ from dcrec.streams.device_messages import (
     decode_slice,
     marker_slice,
 )
+from dcrec.streams.live_metrics import Meter
 from dcrec.streams.local_runtime import CandidateSampler
 from dcrec.streams.processor import DeviceBatch, DeviceProcessor
 from dcrec.streams.run_keys import Progress, latency_buckets, progress_keys, read_progress
@@ -111,8 +112,9 @@ class DeviceWorker:
 
     def __init__(self, config: WorkerConfig, processor: DeviceProcessor,
                  sample_candidates: CandidateSampler, client: redis.Redis, send: Send,
-                 flush: Callable[[], None]) -> None:
+                 flush: Callable[[], None], meter: Meter | None = None) -> None:
         self.config = config
+        self.meter = meter  # the process's live metrics, recorded per committed slice
         self.processor = processor
         self.sample_candidates = sample_candidates
         self.client = client
@@ -148,6 +150,19 @@ class DeviceWorker:
         for p in partitions:
             self.progress.pop(p, None)
             self.buffers.pop(p, None)
+        if self.meter is not None:
+            self.meter.forget_lag("worker", self.topics.values(), partitions)
+
+    def lag(self, highwater: Callable[[str, int], int | None]) -> dict[tuple[str, int], int]:
+        """Per owned (topic, partition): messages on the broker past the committed
+        offset, given the broker's ``highwater(topic, partition)`` (None: unknown yet)."""
+        lags = {}
+        for p, progress in self.progress.items():
+            for full, name in self.topics.items():
+                end = highwater(full, p)
+                if end is not None:
+                    lags[(name, p)] = max(int(end) - progress.offsets.get(name, 0), 0)
+        return lags
 
     # --- input -------------------------------------------------------------------------
 
@@ -217,6 +232,7 @@ class DeviceWorker:
 
     async def _process_group(self, group: list[int]) -> list[Any]:
         cfg = self.config
+        started = time.perf_counter()
         k = self.progress[group[0]].next_slice
         taken = [self._take_slice(p, k) for p in group]
         entries = [e for t in taken for e in t[0]]
@@ -269,7 +285,7 @@ class DeviceWorker:
             decoded, new_hints, k)
         out_stats["counters"].update(lag)
 
-        def commit() -> None:
+        def commit() -> bool:
             # WATCH the group's progress keys: a commit retried after a lost EXEC reply,
             # or a previous owner finishing this slice after a rebalance, finds the slice
             # done (or its EXEC refused) instead of applying it twice
@@ -277,7 +293,7 @@ class DeviceWorker:
                 watched = progress_keys(self.keys, group)
                 pipe.watch(*watched)
                 if Progress.decode(pipe.get(watched[0])).next_slice > k:
-                    return
+                    return False
                 pipe.multi()
                 self.store.write(pipe, devices, header, rows)
                 self._queue_pending(pipe, pending_raw)
@@ -305,18 +321,39 @@ class DeviceWorker:
                     new = Progress(k + 1, offsets, clock.next_job, applied, versions, None)
                     pipe.set(self.keys("progress", p), new.encode())
                 pipe.execute()
+                return True
 
-        await self._redis(commit)
+        committed = await self._redis(commit)
+        if self.meter is not None and committed:  # a slice done before counts once
+            self._record(out_stats, time.perf_counter() - started,
+                         time.time() * 1000.0 - decoded.produced_ms)
         for p, t in zip(group, taken, strict=True):
             pr = self.progress[p]
             self.progress[p] = Progress(k + 1, {**pr.offsets, **t[3]}, clock.next_job, applied,
                                         versions, None)
         return handles
 
+    def _record(self, out_stats: dict, seconds: float, latency_ms: np.ndarray) -> None:
+        """A committed slice into the live metrics (a sample of its events' latency)."""
+        meter = self.meter
+        assert meter is not None
+        c, totals = out_stats["counters"], out_stats["eval"]
+        meter.device_events(c["clicks"], c["exposures"], seconds)
+        meter.communication(c["uploads"], c["requests"], c["bytes_up"], c["bytes_down"])
+        meter.sent(out_stats["sent"])
+        meter.dead_letters(out_stats["reasons"])
+        meter.quality(int(totals.get("n", 0)), totals.get("HR@10", 0.0),
+                      totals.get("NDCG@10", 0.0), totals.get("AUC", 0.0))
+        if len(latency_ms):
+            sample = latency_ms[np.linspace(0, len(latency_ms) - 1, min(len(latency_ms), 32),
+                                            dtype=np.int64)]
+            meter.event_latency(sample / 1000.0)
+
     async def _run_batch(self, decoded: DecodedSlice, new_hints: dict[int, bytes], k: int):
         cfg = self.config
         counters: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
+        sent: Counter[str] = Counter()  # messages per topic
         devices = np.unique(decoded.batch.user)
         header, rows = await self._redis(lambda: self.store.gather(devices))
         after_position(decoded, header["last_pos"][np.searchsorted(devices,
@@ -367,11 +404,11 @@ class DeviceWorker:
                 round_trips, correction_counters = responder.take_stats()
                 counters.update(corrections_answered=len(round_trips), **correction_counters)
             for event in out.emitted:
-                self._emit(event, k, counters)
+                self._emit(event, k, counters, sent)
         self.flush()
         return pending_ops, (devices, header, rows), {
             "counters": counters, "eval": eval_totals, "user_auc": user_auc,
-            "reasons": reasons, "round_trips": round_trips}
+            "reasons": reasons, "round_trips": round_trips, "sent": sent}
 
     @staticmethod
     def _evaluation(users: np.ndarray, scores: np.ndarray,
@@ -391,7 +428,7 @@ class DeviceWorker:
         return totals, {int(u): (float(s), int(n))
                         for u, s, n in zip(ids, sums, counts, strict=True)}
 
-    def _emit(self, event: Any, k: int, counters: Counter[str]) -> None:
+    def _emit(self, event: Any, k: int, counters: Counter[str], sent: Counter[str]) -> None:
         cfg = self.config
         raw = encode(event)
         if isinstance(event, Upload):
@@ -401,6 +438,7 @@ class DeviceWorker:
             topic = REQUESTS
         else:
             return
+        sent[topic] += 1
         self.send(topic_name(topic, cfg.namespace), raw, str(event.device).encode(),
                   device_partition(event.device, cfg.partitions),
                   [("slice", str(k).encode())])

@@ -15,6 +15,7 @@ import faust
 from dcrec.streams.device_worker import DeviceWorker, Entry
 from dcrec.streams.topics import DEVICE_TOPICS, topic_name
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from dcrec.config import FaustSettings
 
@@ -79,6 +80,15 @@ def faust_app(app_id: str, bootstrap: str, settings: FaustSettings) -> faust.App
     return app
 
 
+def highwater(app: faust.App, topic: str, partition: int) -> int | None:
+    """The broker's end offset of a partition as the consumer last fetched it (None
+    before the first fetch)."""
+    try:
+        return app.consumer.highwater(TP(topic, partition))
+    except Exception:  # no consumer or no fetch yet: lag unknown, not an error
+        return None
+
+
 def attach_device_agent(app: faust.App, namespace: str, partitions: int,
                         make_worker: Callable[[], DeviceWorker],
                         on_finished: Callable[[DeviceWorker], bool] | None = None) -> None:
@@ -117,5 +127,7 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
                 continue
             for handle in await core.drain():
                 await manual.ack(handle)
+            if core.meter is not None:  # after each slice: a few gauges, no I/O
+                core.meter.lag("worker", core.lag(lambda t, p: highwater(app, t, p)))
             if on_finished is not None and on_finished(core):
                 log.info("stream finished")

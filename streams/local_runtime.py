@@ -20,6 +20,7 @@ from dcrec.state.click_history import occurrence
 from dcrec.state.device_state import DeviceStateTable
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.live_metrics import Meter
 from dcrec.streams.processor import CloudJob, DeviceBatch, DeviceProcessor, Outputs
 from dcrec.streams.schema import CLICK, Hint, Release, Threshold, Upload, encode
 
@@ -80,8 +81,10 @@ class LocalRuntime:
     """Runs a :class:`Pipeline` over an event stream on the simulated clock."""
 
     def __init__(self, pipeline: Pipeline, n_devices: int, sample_candidates: CandidateSampler,
-                 on_scores: ScoreSink, cloud_interval: int, warmup: int) -> None:
+                 on_scores: ScoreSink, cloud_interval: int, warmup: int,
+                 meter: Meter | None = None) -> None:
         self.pipeline = pipeline
+        self.meter = meter  # the process's live metrics, recorded per batch and job
         self.state = DeviceStateTable(pipeline.processor.state_spec, n_devices)
         self.sample_candidates = sample_candidates
         self.on_scores = on_scores
@@ -102,10 +105,14 @@ class LocalRuntime:
         to the cloud job
         (``on_upload``); a consumer without the hook ignores the event."""
         processor, cloud = self.pipeline.processor, self.pipeline.cloud
+        if self.meter is not None:
+            self.meter.emitted(events)
         for event in events:
             if isinstance(event, Release):
                 self.stats.releases += 1
                 version = self.pipeline.registry.latest(event.model)
+                if version is not None and self.meter is not None:
+                    self.meter.released(event.model, version.version)
                 if version is not None and hasattr(processor, "on_release"):
                     processor.on_release(version, self.pipeline.registry)
             elif isinstance(event, Hint):
@@ -131,7 +138,12 @@ class LocalRuntime:
             if cloud is not None:
                 started = time.perf_counter()
                 out = cloud.run(self.next_job)
-                self.stats.cloud_seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                self.stats.cloud_seconds += seconds
+                if self.meter is not None:
+                    self.meter.cloud_job(seconds)
+                    if out is not None:
+                        self.meter.outputs(out)
                 self.stats.cloud_jobs += 1
                 if out is not None:
                     self._deliver(out)
@@ -162,9 +174,19 @@ class LocalRuntime:
         self.stats.clicks += int(clicks.sum())
         self.stats.exposures += int(len(batch) - clicks.sum())
         self.stats.evaluated += int(evaluate.sum())
+        if self.meter is not None:
+            self._record(int(clicks.sum()), len(batch) - int(clicks.sum()), elapsed, out)
         if self.pipeline.cloud is not None:
             self.pipeline.cloud.observe(batch)
         self._route(out.emitted)  # after the cloud saw the batch: uploads inform later jobs
+
+    def _record(self, clicks: int, exposures: int, seconds: float, out: Outputs) -> None:
+        meter = self.meter
+        assert meter is not None
+        meter.device_events(clicks, exposures, seconds)
+        meter.outputs(out)
+        if self.pipeline.service is not None:
+            meter.service(self.pipeline.service)
 
     def run(self, batches: Iterable[EventBatch],
             progress: Callable[[int], None] | None = None) -> RunStats:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from dcrec.streams.event_batch import EventBatch
+from dcrec.streams.live_metrics import Meter
 from dcrec.streams.schema import CLICK, Click, Exposure, Watermark, encode
 from dcrec.streams.topics import CLICKS, DEVICE_TOPICS, EXPOSURES, device_partition, topic_name
 
@@ -71,11 +72,13 @@ class ReplayProducer:
 
 def produce_slices(producer: ReplayProducer, slices: Iterable[EventBatch],
                    speed: float | None = None, tick: float = 0.02,
-                   progress: Callable[[int], None] | None = None) -> dict[int, int]:
+                   progress: Callable[[int], None] | None = None,
+                   meter: Meter | None = None) -> dict[int, int]:
     """Produce every slice with a watermark before each (carrying its first event
     time); the caller ends the stream (``producer.watermark(..., end=True)``).
     ``speed``: pace at that many times event time (live), with a watermark at least
-    every ``tick`` seconds. Returns events produced per device."""
+    every ``tick`` seconds; ``meter`` counts the events sent, per slice. Returns events
+    produced per device."""
     produced: dict[int, int] = {}
     started, origin = time.monotonic(), None
     for batch in slices:
@@ -97,6 +100,9 @@ def produce_slices(producer: ReplayProducer, slices: Iterable[EventBatch],
             producer.event(pos, device, item, ts, kind)
             produced[device] = produced.get(device, 0) + 1
         producer.last_ts = max(producer.last_ts, int(batch.ts[-1]))
+        if meter is not None:
+            clicks = int((batch.event == CLICK).sum())
+            meter.produced(clicks, len(batch) - clicks)
         if progress:
             progress(len(batch))
     producer.producer.flush()
