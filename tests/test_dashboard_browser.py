@@ -55,8 +55,6 @@ def _browser():
 
 
 def test_the_dashboard_charts_move_while_a_replay_runs(tmp_path, monkeypatch):
-    from selenium.webdriver.support.ui import WebDriverWait
-
     monkeypatch.chdir(tmp_path)  # the recording goes to tmp_path/runs/live
     config = ReplayConfig(dataset="world", method="gru4rec", n_negatives=20, micro_batch=500,
                           world=WorldSettings(users=60, items=80, events=6_000, clusters=4),
@@ -72,6 +70,7 @@ def test_the_dashboard_charts_move_while_a_replay_runs(tmp_path, monkeypatch):
             looked.wait(timeout=120)  # the replay waits for the browser's first look
 
     driver = _browser()
+    from selenium.webdriver.support.ui import WebDriverWait
     with replay_dashboard(config, settings) as board:
         def replay() -> None:
             try:
