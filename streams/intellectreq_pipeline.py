@@ -203,28 +203,31 @@ class ParameterRequestProcessor:
         out = Outputs(scores=scores)
         rank = click_history.occurrence(rows)
         previous, _ = click_history.neighbours(rows)
-        after_state = np.empty((len(rows), self.model.rec.dim), np.float32)  # u after a click
+        # Ω after every click in one call, and before it: after the device's previous
+        # click, or (a device's first click of the batch) computed
+        after, after_len = window_after(advanced.windows, advanced.lengths, items)
+        after_state = self._static_state(after, after_len)
+        before_state = np.empty_like(after_state)
+        first = previous < 0
+        before_state[~first] = after_state[previous[~first]]
+        if first.any():
+            before_state[first] = self._static_state(advanced.windows[first],
+                                                     advanced.lengths[first])
+        codes = self.model.agent.encoder(
+            torch.from_numpy(pad_rows(after_state)))[:len(rows)].numpy()
+        ts = events.ts[clicks]
         for r in range(int(rank.max(initial=-1)) + 1):
             k = np.flatnonzero(rank == r)             # each device's r-th click of the batch
             dev = rows[k]
-            before, before_len = advanced.windows[k], advanced.lengths[k]
-            # Ω before the click: after the device's previous click, or computed
-            u_before = np.empty((len(k), self.model.rec.dim), np.float32)
-            first = previous[k] < 0
-            u_before[~first] = after_state[previous[k][~first]]
-            if first.any():
-                u_before[first] = self._static_state(before[first], before_len[first])
             params = np.where(state["has_params"][dev, None] == 1,
                               state["params"][dev].astype(np.float32), self.generic[None])
             served = evaluated[k]
             if served.any():
                 s = k[served]
-                scores[eval_index[s]] = self._score(u_before[served], params[served],
+                scores[eval_index[s]] = self._score(before_state[s], params[served],
                                                     batch.candidates[eval_index[s]] + 1)
-            after, after_len = window_after(before, before_len, items[k])
-            after_state[k] = self._static_state(after, after_len)
-            self._maybe_request(state, batch.devices, dev, events.ts[clicks][k], after,
-                                after_len, after_state[k], out)
+            self._maybe_request(state, batch.devices, dev, ts[k], after[k], after_len[k],
+                                codes[k], out)
             state["clicks"][dev] += 1
         state["seq"], state["length"] = advanced.seq, advanced.length
         out.bytes_down += download(state["version"], self.version)
@@ -257,10 +260,10 @@ class ParameterRequestProcessor:
 
     def _maybe_request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
                        ts: np.ndarray, after: np.ndarray, after_len: np.ndarray,
-                       u_after: np.ndarray, out: Outputs) -> None:
-        """The request decision after each device's click, and the requests' answers."""
+                       code: np.ndarray, out: Outputs) -> None:
+        """The request decision after each device's click (``code`` = e_T of the state
+        after it), and the requests' answers."""
         n = len(dev)
-        code = self.model.agent.encoder(torch.from_numpy(pad_rows(u_after)))[:n].numpy()
         mrs = np.ones(n)
         if self.policy == "always":
             ask = np.ones(n, bool)
