@@ -265,8 +265,8 @@ class ParameterRequestProcessor:
         after it), and the requests' answers."""
         n = len(dev)
         mrs = np.ones(n)
-        if self.policy == "always":
-            ask = np.ones(n, bool)
+        if self.policy == "always":   # the bound: every click (budget 0: none, DESIGN.md)
+            ask = np.full(n, self.budget > 0)
         elif self.policy == "never":
             ask = np.zeros(n, bool)
         elif self.policy == "random":

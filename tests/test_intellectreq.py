@@ -99,6 +99,8 @@ def test_the_bounds_request_at_every_click_or_never() -> None:
     assert always["comm"]["requests"] == clicks == always["cloud_service"]["answered"]
     assert always["comm"]["bytes_up"] > 0
     assert never["comm"]["requests"] == 0 and never["comm"]["bytes_up"] == 0
+    zero = run_replay(REPLAY.model_copy(update={"request_budget": 0.0}))
+    assert zero["comm"]["requests"] == 0 and zero["metrics"] == never["metrics"]
     assert always["perf"]["state_bytes_per_device"] <= 8 * 1024
 
 
