@@ -624,3 +624,49 @@ def tune(
     plot(rows, title, stem.with_suffix(".png"))
     print(table)
     console.print(f"written: {stem}.{{json,md,png}}")
+
+
+@app.command("request-costs")
+def request_costs_(
+    dataset: DatasetOption = "ml-100k",
+    clicks_per_second: Annotated[float, typer.Option(
+        help="the click rate to extrapolate to")] = 1_000_000,
+    budgets: Annotated[str, typer.Option(
+        help="request budgets of the request agent to extrapolate at")] = "0.1,0.3",
+    world_users: WorldUsers = None,
+    world_items: WorldItems = None,
+    world_events: WorldEvents = None,
+    out: Annotated[Path, typer.Option(help="folder for JSON and Markdown")] = Path("runs"),
+) -> None:
+    """What a parameter request costs the device, the network and the cloud, and the
+    bandwidth and cloud compute at a click rate with and without IntellectReq
+    (IntellectReq Table 1 and Table 5)."""
+    from dcrec.replay.driver import open_source
+    from dcrec.replay.report import write_json
+    from dcrec.replay.request_costs import extrapolate, markdown, request_costs
+
+    try:
+        rates = {"ec-cdr": 1.0, **{f"intellectreq (budget {float(b):g})": float(b)
+                                   for b in budgets.split(",") if b.strip()},
+                 "ec-cdr-static": 0.0}
+    except ValueError:
+        _fail("--budgets takes numbers separated by commas")
+    if any(not 0 <= r <= 1 for r in rates.values()) or clicks_per_second <= 0:
+        _fail("budgets are shares of clicks in [0, 1] and the click rate is positive")
+    config = _config(ReplayConfig, dataset=dataset,
+                     world=_config(WorldSettings, users=world_users, items=world_items,
+                                   events=world_events))
+    try:
+        source = open_source(config)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    costs = request_costs(source.n_items, config.model.max_len)
+    rows = extrapolate(costs, clicks_per_second, rates)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"request-costs-{source.name}"
+    write_json({"costs": costs, "clicks_per_second": clicks_per_second, "rows": rows},
+               stem.with_suffix(".json"))
+    table = markdown(costs, rows, clicks_per_second)
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    console.print(f"written: {stem}.{{json,md}}")

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,14 @@ def count_flops(model: SequentialRecommender, inputs: Sequence[torch.Tensor],
         for hook in hooks:
             hook.remove()
     return counter.get_total_flops(), inside["total"]
+
+
+def callable_flops(call: Callable[[], object]) -> int:
+    """FLOPs of ``call()``, counted as :func:`count_flops` counts them."""
+    counter = FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS)
+    with _unfused_attention(), torch.inference_mode(), counter:
+        call()
+    return counter.get_total_flops()
 
 
 def peak_memory(model: SequentialRecommender, inputs: Sequence[torch.Tensor]) -> int:

@@ -368,3 +368,22 @@ def test_parameters_expire_with_the_release_that_generated_them() -> None:
     processor.policy = "never"
     state, _ = processor(table.gather(batch.devices), batch)
     assert state["has_params"].tolist() == [0, 0] and not state["code"].any()
+
+
+def test_request_costs_count_the_wire_bytes_and_scale_with_the_request_rate() -> None:
+    from dcrec.models.intellectreq import IntellectReqModel
+    from dcrec.replay.request_costs import extrapolate, request_costs
+
+    costs = request_costs(n_items=40, max_len=10, dim=8, repeats=20)
+    model = IntellectReqModel(40, 8)
+    n_generated = sum(i * o + o for i, o in model.rec.generator.layer_sizes)
+    # float16 parameters down, int32 ids up, each in its envelope of a few dozen bytes
+    assert 2 * n_generated < costs["bytes_down"] < 2 * n_generated + 100
+    assert 4 * 10 < costs["bytes_up"] < 4 * 10 + 100
+    assert costs["cloud_params"] == sum(p.numel() for p in model.rec.generator.parameters())
+    assert costs["generate_flops"] > 0 and costs["decision_flops"] > 0
+    rows = extrapolate(costs, 1000.0, {"all": 1.0, "tenth": 0.1, "none": 0.0})
+    assert rows[0]["down_bytes_per_second"] == pytest.approx(1000 * costs["bytes_down"])
+    assert rows[1]["cloud_flops_per_second"] == pytest.approx(
+        0.1 * rows[0]["cloud_flops_per_second"])
+    assert rows[2]["up_bytes_per_second"] == 0
