@@ -15,7 +15,7 @@ from dcrec.replay.offline_runner import kept_run
 
 from dcrec.config import ReplayConfig
 
-AGENTS = ("intellectreq", "random")
+AGENTS = ("intellectreq", "random", "drift")
 BOUNDS = ("ec-cdr", "ec-cdr-static")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from dcrec.models.ec_cdr import ECCDR, flatten, unflatten
 from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
+from dcrec.models.request_baselines import mean_of_last, window_drift
 from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
@@ -47,7 +48,7 @@ from dcrec.streams.sequence_pipeline import CloudClickWindows
 from torch.nn import functional as F
 
 WIRE_DTYPE = np.float16     # generated parameters down
-POLICIES = ("always", "never", "random", "mrs")
+POLICIES = ("always", "never", "random", "mrs", "drift")
 
 
 def window_after(windows: np.ndarray, lengths: np.ndarray,
@@ -63,9 +64,9 @@ def window_after(windows: np.ndarray, lengths: np.ndarray,
 
 
 def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
-    """A device's state: click window, its parameters and the state code they were
-    generated at (e_{t′}), the model version they and the device's static layers are
-    of."""
+    """A device's state: click window, its parameters and what they were generated at —
+    the state code e_{t′} (``drift``: the window's mean item embedding), the click and
+    the window's length —, the model version they and the static layers are of."""
     return {
         "seq": StateField("int32", (max_len,)),
         "length": StateField("int32"),
@@ -73,6 +74,8 @@ def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
         "params": StateField("float16", (n_params,)),
         "has_params": StateField("int8"),
         "code": StateField("float32", (dim,)),
+        "asked_at": StateField("int32"),      # the click its parameters were asked at
+        "asked_len": StateField("int32"),     # and the length of the window they came from
         "version": StateField("int32"),
     }
 
@@ -242,6 +245,11 @@ class ParameterRequestProcessor:
         moved = state["version"] < current
         state["has_params"][moved] = 0
         state["code"][moved] = 0.0
+        state["asked_len"][moved] = 0
+
+    def _embedded(self, windows: np.ndarray) -> np.ndarray:
+        """Item embeddings of click windows ``[N, L, d]`` (the drift test's stream)."""
+        return self.model.rec.item_embedding.weight.numpy()[windows]
 
     def _static_state(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """u = Ω(s) ``[N, d]`` of left-aligned click windows."""
@@ -271,6 +279,16 @@ class ParameterRequestProcessor:
             ask = np.zeros(n, bool)
         elif self.policy == "random":
             ask = request_draw(devices[dev], state["clicks"][dev], self.seed) < self.budget
+        elif self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
+            position = state["clicks"][dev]
+            since = np.where(state["asked_len"][dev] > 0, position - state["asked_at"][dev],
+                             after_len)
+            embedded = self._embedded(after)
+            code = mean_of_last(embedded, after_len, after_len)
+            recent = np.minimum(since, after_len)
+            mrs = -window_drift(mean_of_last(embedded, after_len, recent), recent,
+                                state["code"][dev], state["asked_len"][dev])
+            ask = mrs <= self.threshold
         else:
             then = torch.from_numpy(pad_rows(state["code"][dev]))
             mrs = self.model.agent.mrs(then, torch.from_numpy(pad_rows(code)))[:n].numpy()
@@ -295,6 +313,8 @@ class ParameterRequestProcessor:
             state["params"][d] = np.frombuffer(answer.payload, WIRE_DTYPE)
             state["has_params"][d] = 1
             state["code"][d] = code[i]
+            state["asked_at"][d] = request.position
+            state["asked_len"][d] = after_len[i]
             out.bytes_down += len(answer.payload)
 
 
@@ -380,8 +400,10 @@ class IntellectReqCloudJob:
     def __init__(self, name: str, build_model: Callable[[], IntellectReqModel], n_users: int,
                  max_len: int, training: TrainingConfig, seed: int, registry: ModelRegistry,
                  service: ParameterService, controller: ThresholdController | None,
-                 max_gap: int = 8) -> None:
-        self.name = name
+                 max_gap: int = 8, score: str = "mrs") -> None:
+        if score not in ("mrs", "drift"):
+            raise ValueError(f"the threshold is on 'mrs' or 'drift', not {score!r}")
+        self.name, self.score = name, score
         self.model = build_model()
         self.trainer = IncrementalTrainer(self.model.rec, training, seed)
         self.agent_optimizer = torch.optim.Adam(self.model.agent.parameters(), lr=training.lr)
@@ -418,7 +440,8 @@ class IntellectReqCloudJob:
         self.model.rec.refresh_generic()
         emitted: list = []
         if self.controller is not None:
-            self._train_agent(windows, lengths, targets)
+            if self.score == "mrs":
+                self._train_agent(windows, lengths, targets)
             self.controller.observe(self._device_mrs(windows, lengths, targets, users))
             threshold = self.controller.update(self.service.take_load(), len(targets),
                                                since, now)
@@ -433,7 +456,7 @@ class IntellectReqCloudJob:
     @torch.no_grad()
     def _device_mrs(self, windows: np.ndarray, lengths: np.ndarray, targets: np.ndarray,
                     users: np.ndarray) -> np.ndarray:
-        """The MRS each device's agent computed after each of these clicks (Eq. 19), as
+        """The MRS (``drift``: −D) each device computed after each of these clicks, as
         the device computes it — its state now against the state of the window its
         latest request answered with the version it serves carried (a zero code if it
         has none: parameters of an older release expire with it) — with the agent just
@@ -453,11 +476,19 @@ class IntellectReqCloudJob:
         own[own] = keys[found[own]] >> 32 == users[own]
         then_windows = np.zeros_like(windows)
         then_lengths = np.zeros_like(lengths)
+        asked_at = np.zeros_like(positions)
         for row in np.flatnonzero(own):
-            window = answers[found[row]][3]
+            _, asked_at[row], _, window = answers[found[row]]
             then_windows[row, :len(window)] = window
             then_lengths[row] = len(window)
         after, after_len = window_after(windows, lengths, targets.astype(np.int32))
+        if self.score == "drift":   # as the device: −D of its clicks since it asked
+            embedded = self.model.rec.item_embedding.weight.numpy()
+            recent = np.minimum(np.where(then_lengths > 0, positions - asked_at, after_len),
+                                after_len)
+            anchor = mean_of_last(embedded[then_windows], then_lengths, then_lengths)
+            return -window_drift(mean_of_last(embedded[after], after_len, recent), recent,
+                                 anchor, then_lengths)
         agent = self.model.agent
         now = self.model.state_code(*(torch.from_numpy(a.astype(np.int64))
                                       for a in (after, after_len)))

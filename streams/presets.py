@@ -143,7 +143,7 @@ def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
 
 # request policy of each EC-CDR preset (IntellectReq §4): bounds and the agents
 _REQUEST_POLICIES = {"ec-cdr": "always", "ec-cdr-static": "never", "random": "random",
-                     "intellectreq": "mrs"}
+                     "intellectreq": "mrs", "drift": "drift"}
 
 
 def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
@@ -166,9 +166,10 @@ def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     service = ParameterService(factory, registry, name, ctx.max_len, admission)
     policy = _REQUEST_POLICIES[name]
     controller = (ThresholdController(ctx.request_budget, ctx.request_capacity)
-                  if policy == "mrs" else None)
+                  if policy in ("mrs", "drift") else None)
     cloud = IntellectReqCloudJob(name, factory, ctx.n_users, ctx.max_len, training, ctx.seed,
-                                 registry, service, controller)
+                                 registry, service, controller,
+                                 score="drift" if policy == "drift" else "mrs")
     processor = ParameterRequestProcessor(factory, ctx.max_len, policy, ctx.request_budget,
                                           ctx.seed, service.respond)
     processor.on_release(cloud.initial_release(), registry)
@@ -212,6 +213,10 @@ PRESETS: dict[str, Preset] = {
                             lambda ctx: intellectreq_pipeline("ec-cdr-static", ctx)),
     "random": Preset("EC-CDR, each click asking with the --request-budget probability",
                      lambda ctx: intellectreq_pipeline("random", ctx)),
+    "drift": Preset("EC-CDR, a device asking when its clicks since its parameters drifted "
+                    "from the ones they came from (ADWIN's normalised gap; the cloud sets "
+                    "the cut from --request-budget)",
+                    lambda ctx: intellectreq_pipeline("drift", ctx)),
     "intellectreq": Preset("IntellectReq: a device asks for EC-CDR parameters when its "
                            "mis-recommendation score is under the cloud's load-aware "
                            "threshold", lambda ctx: intellectreq_pipeline("intellectreq", ctx)),

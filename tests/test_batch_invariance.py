@@ -74,7 +74,8 @@ def _replay(method: str, split: bool) -> tuple[dict, dict]:
     return evaluator.summary(), {n: c.copy() for n, c in runtime.state.columns.items()}
 
 
-@pytest.mark.parametrize("method", ["gru4rec", "mc2sf", "dccl", "scn", "cocorrrec", "intellectreq"])
+@pytest.mark.parametrize("method", ["gru4rec", "mc2sf", "dccl", "scn", "cocorrrec", "intellectreq",
+                                    "drift"])
 def test_split_slices_give_the_same_bits(method: str) -> None:
     whole_metrics, whole_state = _replay(method, split=False)
     split_metrics, split_state = _replay(method, split=True)

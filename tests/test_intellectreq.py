@@ -104,7 +104,7 @@ def test_the_bounds_request_at_every_click_or_never() -> None:
     assert always["perf"]["state_bytes_per_device"] <= 8 * 1024
 
 
-@pytest.mark.parametrize("method", ["random", "intellectreq"])
+@pytest.mark.parametrize("method", ["random", "intellectreq", "drift"])
 def test_the_budgeted_agents_request_a_share_of_clicks(method: str) -> None:
     report = run_replay(REPLAY.model_copy(update={"method": method}))
     rate = report["comm"]["request_rate"]
@@ -246,7 +246,8 @@ def test_bench_times_one_device_request_decision() -> None:
     assert 0 < p50 <= p99
 
 
-def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
+@pytest.mark.parametrize("method", ["intellectreq", "drift"])
+def test_the_cloud_computes_each_devices_mrs_as_the_device_did(method: str) -> None:
     """The threshold's sample: for every click of a release's interval the cloud
     rebuilds the MRS the device's agent computed — against the window of the device's
     latest answered request, across clicks that did not ask — here checked on the clicks
@@ -257,7 +258,7 @@ def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
     from dcrec.streams.presets import PresetContext, build_pipeline
     from dcrec.streams.processor import DeviceBatch
 
-    pipeline = build_pipeline("intellectreq", PresetContext(n_users=4, n_items=30, seed=0))
+    pipeline = build_pipeline(method, PresetContext(n_users=4, n_items=30, seed=0))
     processor, cloud = pipeline.processor, pipeline.cloud
     asked: dict[tuple[int, int], float] = {}
     answer = processor.responder
@@ -270,7 +271,7 @@ def test_the_cloud_computes_each_devices_mrs_as_the_device_did() -> None:
     table = DeviceStateTable(processor.state_spec, 4)
     rng = np.random.default_rng(0)
     start, rebuilt = 0, {}
-    for threshold, n in ((2.0, 12), (-1.0, 8), (2.0, 12)):   # ask, skip, ask again
+    for threshold, n in ((2.0, 12), (-99.0, 8), (2.0, 12)):   # ask, skip, ask again
         users = rng.integers(0, 4, n)
         idx = np.arange(start, start + n)
         events = EventBatch(idx, users, rng.integers(0, 30, n), idx, np.ones(n, np.int8))
