@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated
@@ -80,6 +81,20 @@ def data_get(name: Annotated[str, typer.Argument(help="dataset name: ml-100k")])
         print(fetch_ml100k())
     except DatasetUnavailable as error:
         _fail(str(error))
+
+
+def _write_results(stem: Path, data: dict, table: str,
+                   plot: Callable[[Path], None] | None = None) -> None:
+    """``stem``.json and .md (and .png, drawn by ``plot``), the table printed."""
+    from dcrec.replay.report import write_json
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(data, stem.with_suffix(".json"))
+    stem.with_suffix(".md").write_text(table)
+    if plot is not None:
+        plot(stem.with_suffix(".png"))
+    print(table)
+    console.print(f"written: {stem}.{{json,md{',png' if plot else ''}}}")
 
 
 def _timestamp(value: str | None) -> int | None:
@@ -388,7 +403,6 @@ def eval_(
         run_method,
         summarise,
     )
-    from dcrec.replay.report import write_json
     from dcrec.streams.presets import PresetContext
 
     if protocol not in PROTOCOLS:
@@ -441,13 +455,9 @@ def eval_(
         table += "\n" + ablation_markdown(summary)
         table += "\n" + case_study_markdown([r for r in results if r["seed"] == seed_list[0]],
                                             titles)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json({"protocol": protocol, "dataset": log_.name, "seeds": seed_list,
-                "summary": summary, "runs": results}, out / f"{stem}.json")
-    (out / f"{stem}.md").write_text(table)
-    plot_summary(summary, title, out / f"{stem}.png")
-    print(table)
-    console.print(f"written: {out / stem}.{{json,md,png}}")
+    _write_results(out / stem, {"protocol": protocol, "dataset": log_.name,
+                                "seeds": seed_list, "summary": summary, "runs": results},
+                   table, lambda path: plot_summary(summary, title, path))
 
 
 @app.command("curve")
@@ -467,7 +477,6 @@ def curve(
     """NDCG@10 against the share of clicks that asked for parameters (IntellectReq
     Fig. 5–6): the request agents at each budget between ec-cdr (every click asks) and
     ec-cdr-static (none does). Finished replays are kept in --out and re-used."""
-    from dcrec.replay.report import write_json
     from dcrec.replay.request_curve import AGENTS, aggregate, curve_points, markdown, plot
 
     try:
@@ -493,15 +502,9 @@ def curve(
             _fail(str(error))
     points = aggregate(rows)
     title = f"requests against NDCG@10 on {dataset}, seeds {seeds}"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"curve-{dataset}"
-    write_json({"dataset": dataset, "seeds": seed_list, "points": points, "runs": rows},
-               stem.with_suffix(".json"))
-    table = markdown(points, title)
-    stem.with_suffix(".md").write_text(table)
-    plot(points, title, stem.with_suffix(".png"))
-    print(table)
-    console.print(f"written: {stem}.{{json,md,png}}")
+    _write_results(out / f"curve-{dataset}", {"dataset": dataset, "seeds": seed_list,
+                                              "points": points, "runs": rows},
+                   markdown(points, title), lambda path: plot(points, title, path))
 
 
 @app.command("resources")
@@ -515,7 +518,6 @@ def resources(
     history length (CoCorrRec Table 4, Fig. 4); of the dataset only the catalogue size
     is used (the item embeddings' share of the parameters)."""
     from dcrec.replay.driver import load_log
-    from dcrec.replay.report import write_json
     from dcrec.replay.resources import markdown, plot, resource_table
 
     try:
@@ -527,15 +529,9 @@ def resources(
         rows = resource_table(log_.n_items, length_list)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
-    stem = f"resources-{log_.name}"
-    table = markdown(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json({"dataset": log_.name, "n_items": log_.n_items, "rows": rows},
-               out / f"{stem}.json")
-    (out / f"{stem}.md").write_text(table)
-    plot(rows, out / f"{stem}.png")
-    print(table)
-    console.print(f"written: {out / stem}.{{json,md,png}}")
+    _write_results(out / f"resources-{log_.name}",
+                   {"dataset": log_.name, "n_items": log_.n_items, "rows": rows},
+                   markdown(rows), lambda path: plot(rows, path))
 
 
 from dcrec import cli_ops  # noqa: E402, F401  (registers up / down on the app)
@@ -571,7 +567,6 @@ def tune(
     Pareto front of quality (NDCG@10) against cost (uploads + requests + cloud compute
     seconds)."""
     from dcrec.config import parse_duration
-    from dcrec.replay.report import write_json
     from dcrec.replay.tuning import (
         TrialRunner,
         TuneSpace,
@@ -615,15 +610,9 @@ def tune(
         except (ValueError, FileNotFoundError) as error:
             _fail(str(error))
     title = f"tuning {method} on {dataset} (seed {seed})"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json({"dataset": dataset, "method": method, "search": search, "trials": rows,
-                "front": pareto_front(rows)},
-               stem.with_suffix(".json"))
-    table = markdown(rows, title)
-    stem.with_suffix(".md").write_text(table)
-    plot(rows, title, stem.with_suffix(".png"))
-    print(table)
-    console.print(f"written: {stem}.{{json,md,png}}")
+    _write_results(stem, {"dataset": dataset, "method": method, "search": search,
+                          "trials": rows, "front": pareto_front(rows)},
+                   markdown(rows, title), lambda path: plot(rows, title, path))
 
 
 @app.command("request-costs")
@@ -642,7 +631,6 @@ def request_costs_(
     bandwidth and cloud compute at a click rate with and without IntellectReq
     (IntellectReq Table 1 and Table 5)."""
     from dcrec.replay.driver import open_source
-    from dcrec.replay.report import write_json
     from dcrec.replay.request_costs import extrapolate, markdown, request_costs
 
     try:
@@ -662,11 +650,6 @@ def request_costs_(
         _fail(str(error))
     costs = request_costs(source.n_items, config.model.max_len)
     rows = extrapolate(costs, clicks_per_second, rates)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"request-costs-{source.name}"
-    write_json({"costs": costs, "clicks_per_second": clicks_per_second, "rows": rows},
-               stem.with_suffix(".json"))
-    table = markdown(costs, rows, clicks_per_second)
-    stem.with_suffix(".md").write_text(table)
-    print(table)
-    console.print(f"written: {stem}.{{json,md}}")
+    _write_results(out / f"request-costs-{source.name}",
+                   {"costs": costs, "clicks_per_second": clicks_per_second, "rows": rows},
+                   markdown(costs, rows, clicks_per_second))
