@@ -201,7 +201,10 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     for r in front:
         ax.annotate(f"up {_duration(r['upload_interval'])}", (r["cost"], r["quality"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
+    costs = [r["cost"] for r in rows]
+    if min(costs) > 0 and max(costs) / min(costs) > 10:   # log only where it spreads
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set_xlabel("cost: uploads + requests + cloud compute seconds")
     ax.set_ylabel("NDCG@10 (prequential)")
     ax.set_title(title, fontsize=10)
