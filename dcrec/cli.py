@@ -265,7 +265,7 @@ def dashboard_(
         min=0, help="stop serving after this many seconds (default: at Ctrl-C)")] = None,
 ) -> None:
     """Serve the live dashboard of a replay, running or finished, on 127.0.0.1."""
-    import time
+    import threading
 
     from dcrec.replay.dashboard import serve_dashboard
     from dcrec.replay.timeline import LiveTimeline, RecordedTimeline, RunTargets, latest_recording
@@ -285,10 +285,8 @@ def dashboard_(
     server = serve_dashboard(timeline, settings)
     print(f"dashboard: {server.url}  ({f'run {run}' if run else recording})")
     console.print("Ctrl-C stops it")
-    try:
-        deadline = None if stop_after is None else time.monotonic() + stop_after
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
+    try:  # serve until Ctrl-C, or for --stop-after seconds
+        threading.Event().wait(stop_after)
     except KeyboardInterrupt:
         pass
     finally:
