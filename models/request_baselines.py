@@ -26,6 +26,30 @@ array([[-1., -1.]])
 >>> round(float(window_drift(-np.ones((1, 2)), np.array([4]), np.ones((1, 2)),
 ...                          np.array([4]))[0]), 6)
 4.0
+
+``lof`` and ``ocsvm`` — novelty of the newest click among the device's click window
+(the authors' LOF and OC-SVM baselines, §4.1.3, fit one detector per device on its
+window and ask when the newest click is an outlier). dcrec keeps their continuous
+scores, so the cloud can set the cut from the budget as for every other agent; low
+score = ask:
+
+- LOF (Breunig et al., 2000) with k neighbours, N_k(p) the k nearest clicks of p in the
+  window, k-dist(o) the distance to o's k-th nearest:
+  reach_k(p, o) = max(k-dist(o), d(p, o)),
+  lrd(p) = 1 / (mean_{o ∈ N_k(p)} reach_k(p, o) + 1e-10),
+  LOF(p) = mean_{o ∈ N_k(p)} lrd(o) / lrd(p); the score is −LOF(newest).
+- OC-SVM (Schölkopf et al., 2001; Tax, 2002): the ν one-class SVM with an RBF kernel
+  (γ = 1/d) fitted on the window; the score is its decision value at the newest click,
+  Σᵢ αᵢ K(xᵢ, x) − ρ (negative outside the learnt support).
+
+>>> flock = np.array([[[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [3.0, 3.0]]])
+>>> bool(newest_click_lof(flock, np.array([5]))[0] < -5)      # far from its window
+True
+>>> bool(newest_click_lof(flock, np.array([4]))[0] > -1.5)    # one of the flock
+True
+>>> bool(newest_click_ocsvm(flock, np.array([5]))[0] < newest_click_ocsvm(flock,
+...                                                                    np.array([4]))[0])
+True
 """
 
 from __future__ import annotations
@@ -52,3 +76,65 @@ def window_drift(recent: np.ndarray, n_recent: np.ndarray, anchor: np.ndarray,
     n0 = n_anchor.astype(np.float64)
     weight = np.where(n0 > 0, np.sqrt(n0 * n1 / np.maximum(n0 + n1, 1.0)), np.sqrt(n1))
     return np.linalg.norm(mu1 - anchor, axis=1) * weight
+
+
+LOF_NEIGHBOURS = 2      # the authors' n_neighbors
+OCSVM_NU = 0.5          # scikit-learn's default, as the authors used it
+
+
+def newest_click_lof(embedded: np.ndarray, lengths: np.ndarray,
+                     k: int = LOF_NEIGHBOURS) -> np.ndarray:
+    """−LOF of the newest click (position ``lengths − 1``) of each left-aligned window
+    ``embedded [N, L, d]`` among that window's clicks, k = min(``k``, length − 1)
+    neighbours as scikit-learn takes them (ties to the earlier click); −1 (an inlier)
+    for a window of one click. Each row is computed on its own (batch invariant)."""
+    scores = np.full(len(embedded), -1.0)
+    neighbours = np.minimum(k, lengths - 1)
+    for k_row in np.unique(neighbours[neighbours > 0]):
+        rows = np.flatnonzero(neighbours == k_row)
+        for chunk in np.array_split(rows, max(1, len(rows) // 64)):
+            scores[chunk] = -_lof_of_newest(embedded[chunk].astype(np.float64),
+                                            lengths[chunk], int(k_row))
+    return scores
+
+
+def _lof_of_newest(x: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    n, width = x.shape[:2]
+    distance = np.sqrt(((x[:, :, None, :] - x[:, None, :, :]) ** 2).sum(-1))   # [n, L, L]
+    position = np.arange(width)
+    valid = position[None] < lengths[:, None]
+    distance[~(valid[:, :, None] & valid[:, None, :])] = np.inf
+    distance[:, position, position] = np.inf                           # not its own neighbour
+    nearest = np.argsort(distance, axis=-1, kind="stable")[..., :k]     # [n, L, k]
+    near_distance = np.take_along_axis(distance, nearest, -1)
+    k_distance = near_distance[..., -1]                                 # [n, L]
+    rows = np.arange(n)[:, None, None]
+    reach = np.maximum(k_distance[rows, nearest], near_distance)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lrd = 1.0 / (reach.mean(-1) + 1e-10)
+        newest = lengths - 1
+        lrd_newest = lrd[np.arange(n), newest]
+        around = lrd[np.arange(n)[:, None], nearest[np.arange(n), newest]].mean(-1)
+    return around / lrd_newest
+
+
+def newest_click_ocsvm(embedded: np.ndarray, lengths: np.ndarray,
+                       nu: float = OCSVM_NU) -> np.ndarray:
+    """The decision value at the newest click of each window ``embedded [N, L, d]`` of a
+    one-class SVM (RBF, γ = 1/d, ``nu``) fitted on that window's clicks (scikit-learn's
+    libsvm, one fit per device and click, as on the device; 0 for one click)."""
+    from sklearn.svm import OneClassSVM
+
+    gamma = 1.0 / embedded.shape[2]
+    scores = np.zeros(len(embedded))
+    for row, length in enumerate(lengths):
+        if length < 2:
+            continue
+        window = embedded[row, :length].astype(np.float64)
+        detector = OneClassSVM(kernel="rbf", gamma=gamma, nu=nu).fit(window)
+        scores[row] = float(detector.decision_function(window[-1:])[0])
+    return scores
+
+
+# the novelty scores of the newest click, by preset
+NOVELTY = {"lof": newest_click_lof, "ocsvm": newest_click_ocsvm}

@@ -1,5 +1,6 @@
 """``dcrec curve``: quality against the share of clicks that asked the cloud for
-parameters (IntellectReq Fig. 5–6): the request agents (``intellectreq``, ``random``) at
+parameters (IntellectReq Fig. 5–6): the request agents (``intellectreq`` and the
+baselines ``random``, ``drift``, ``lof``, ``ocsvm``) at
 each budget, between the bounds ``ec-cdr`` (every click asks) and ``ec-cdr-static``
 (none does), over seeds. Each replay is kept and re-used, as ``dcrec eval`` does.
 """
@@ -15,7 +16,7 @@ from dcrec.replay.offline_runner import kept_run
 
 from dcrec.config import ReplayConfig
 
-AGENTS = ("intellectreq", "random", "drift")
+AGENTS = ("intellectreq", "random", "drift", "lof", "ocsvm")
 BOUNDS = ("ec-cdr", "ec-cdr-static")
 
 

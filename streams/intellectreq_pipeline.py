@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from dcrec.models.ec_cdr import ECCDR, flatten, unflatten
 from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
-from dcrec.models.request_baselines import mean_of_last, window_drift
+from dcrec.models.request_baselines import NOVELTY, mean_of_last, window_drift
 from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
@@ -48,7 +48,9 @@ from dcrec.streams.sequence_pipeline import CloudClickWindows
 from torch.nn import functional as F
 
 WIRE_DTYPE = np.float16     # generated parameters down
-POLICIES = ("always", "never", "random", "mrs", "drift")
+POLICIES = ("always", "never", "random", "mrs", "drift", "lof", "ocsvm")
+# the agents whose score the cloud thresholds from the budget
+SCORED = ("mrs", "drift", "lof", "ocsvm")
 
 
 def window_after(windows: np.ndarray, lengths: np.ndarray,
@@ -289,6 +291,9 @@ class ParameterRequestProcessor:
             mrs = -window_drift(mean_of_last(embedded, after_len, recent), recent,
                                 state["code"][dev], state["asked_len"][dev])
             ask = mrs <= self.threshold
+        elif self.policy in NOVELTY:   # −LOF / OC-SVM value of the newest click, low = ask
+            mrs = NOVELTY[self.policy](self._embedded(after), after_len)
+            ask = mrs <= self.threshold
         else:
             then = torch.from_numpy(pad_rows(state["code"][dev]))
             mrs = self.model.agent.mrs(then, torch.from_numpy(pad_rows(code)))[:n].numpy()
@@ -401,8 +406,8 @@ class IntellectReqCloudJob:
                  max_len: int, training: TrainingConfig, seed: int, registry: ModelRegistry,
                  service: ParameterService, controller: ThresholdController | None,
                  max_gap: int = 8, score: str = "mrs") -> None:
-        if score not in ("mrs", "drift"):
-            raise ValueError(f"the threshold is on 'mrs' or 'drift', not {score!r}")
+        if score not in SCORED:
+            raise ValueError(f"the threshold is on one of {SCORED}, not {score!r}")
         self.name, self.score = name, score
         self.model = build_model()
         self.trainer = IncrementalTrainer(self.model.rec, training, seed)
@@ -482,6 +487,9 @@ class IntellectReqCloudJob:
             then_windows[row, :len(window)] = window
             then_lengths[row] = len(window)
         after, after_len = window_after(windows, lengths, targets.astype(np.int32))
+        if self.score in NOVELTY:   # as the device: the newest click among its window
+            embedded = self.model.rec.item_embedding.weight.numpy()
+            return NOVELTY[self.score](embedded[after], after_len)
         if self.score == "drift":   # as the device: −D of its clicks since it asked
             embedded = self.model.rec.item_embedding.weight.numpy()
             recent = np.minimum(np.where(then_lengths > 0, positions - asked_at, after_len),

@@ -26,6 +26,7 @@ from dcrec.streams.cocorrrec_pipeline import (
 )
 from dcrec.streams.dccl_pipeline import build_dccl, profile_matrix
 from dcrec.streams.intellectreq_pipeline import (
+    SCORED,
     IntellectReqCloudJob,
     ParameterRequestProcessor,
     ParameterService,
@@ -143,7 +144,7 @@ def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
 
 # request policy of each EC-CDR preset (IntellectReq §4): bounds and the agents
 _REQUEST_POLICIES = {"ec-cdr": "always", "ec-cdr-static": "never", "random": "random",
-                     "intellectreq": "mrs", "drift": "drift"}
+                     "intellectreq": "mrs", "drift": "drift", "lof": "lof", "ocsvm": "ocsvm"}
 
 
 def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
@@ -166,10 +167,10 @@ def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     service = ParameterService(factory, registry, name, ctx.max_len, admission)
     policy = _REQUEST_POLICIES[name]
     controller = (ThresholdController(ctx.request_budget, ctx.request_capacity)
-                  if policy in ("mrs", "drift") else None)
+                  if policy in SCORED else None)
     cloud = IntellectReqCloudJob(name, factory, ctx.n_users, ctx.max_len, training, ctx.seed,
                                  registry, service, controller,
-                                 score="drift" if policy == "drift" else "mrs")
+                                 score=policy if policy in SCORED else "mrs")
     processor = ParameterRequestProcessor(factory, ctx.max_len, policy, ctx.request_budget,
                                           ctx.seed, service.respond)
     processor.on_release(cloud.initial_release(), registry)
@@ -217,6 +218,12 @@ PRESETS: dict[str, Preset] = {
                     "from the ones they came from (ADWIN's normalised gap; the cloud sets "
                     "the cut from --request-budget)",
                     lambda ctx: intellectreq_pipeline("drift", ctx)),
+    "lof": Preset("EC-CDR, a device asking when its newest click is a local outlier (LOF, "
+                  "k = 2) among its click window; the cloud sets the cut from "
+                  "--request-budget", lambda ctx: intellectreq_pipeline("lof", ctx)),
+    "ocsvm": Preset("EC-CDR, a device asking when its newest click falls outside a one-class "
+                    "SVM fitted on its click window; the cloud sets the cut from "
+                    "--request-budget", lambda ctx: intellectreq_pipeline("ocsvm", ctx)),
     "intellectreq": Preset("IntellectReq: a device asks for EC-CDR parameters when its "
                            "mis-recommendation score is under the cloud's load-aware "
                            "threshold", lambda ctx: intellectreq_pipeline("intellectreq", ctx)),

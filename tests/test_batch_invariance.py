@@ -75,7 +75,7 @@ def _replay(method: str, split: bool) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("method", ["gru4rec", "mc2sf", "dccl", "scn", "cocorrrec", "intellectreq",
-                                    "drift"])
+                                    "drift", "lof", "ocsvm"])
 def test_split_slices_give_the_same_bits(method: str) -> None:
     whole_metrics, whole_state = _replay(method, split=False)
     split_metrics, split_state = _replay(method, split=True)

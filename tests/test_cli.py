@@ -66,7 +66,7 @@ def test_replay_of_a_csv_with_malformed_lines_counts_them(tmp_path):
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
     (["curve", "--budgets", "0.2,1.5"], "share of clicks"),
-    (["curve", "--methods", "lof"], "unknown request agent"),
+    (["curve", "--methods", "isolation-forest"], "unknown request agent"),
 ])
 def test_bad_arguments_give_a_clear_error(args, message):
     result = runner.invoke(app, args)

@@ -104,11 +104,32 @@ def test_the_bounds_request_at_every_click_or_never() -> None:
     assert always["perf"]["state_bytes_per_device"] <= 8 * 1024
 
 
-@pytest.mark.parametrize("method", ["random", "intellectreq", "drift"])
+@pytest.mark.parametrize("method", ["random", "intellectreq", "drift", "lof", "ocsvm"])
 def test_the_budgeted_agents_request_a_share_of_clicks(method: str) -> None:
     report = run_replay(REPLAY.model_copy(update={"method": method}))
     rate = report["comm"]["request_rate"]
     assert 0.0 < rate < 0.6
+
+
+def test_lof_of_the_newest_click_is_scikit_learns() -> None:
+    """The batched LOF the ``lof`` agent computes per device equals scikit-learn's
+    LocalOutlierFactor fitted on each window alone (k = min(2, length − 1))."""
+    from dcrec.models.request_baselines import newest_click_lof
+    from sklearn.neighbors import LocalOutlierFactor
+
+    rng = np.random.default_rng(1)
+    windows = rng.normal(size=(60, 12, 5)).astype(np.float32)
+    lengths = rng.integers(1, 13, 60)
+    ours = newest_click_lof(windows, lengths)
+    for row, length in enumerate(lengths):
+        if length < 2:
+            assert ours[row] == -1.0
+            continue
+        lof = LocalOutlierFactor(n_neighbors=min(2, length - 1)).fit(
+            windows[row, :length].astype(np.float64))
+        assert ours[row] == pytest.approx(lof.negative_outlier_factor_[-1], rel=1e-9)
+    # and alone, a row gives the bits it gave in its batch
+    assert newest_click_lof(windows[7:8], lengths[7:8])[0] == ours[7]
 
 
 def test_generated_parameters_round_trip_through_their_flat_form() -> None:
@@ -238,15 +259,17 @@ def test_a_device_never_requests_when_the_threshold_is_below_every_mrs() -> None
     assert out.requests == 9
 
 
-def test_bench_times_one_device_request_decision() -> None:
+@pytest.mark.parametrize("method", ["intellectreq", "lof", "ocsvm"])
+def test_bench_times_one_device_request_decision(method: str) -> None:
     from dcrec.replay.bench import edge_decision_ms
 
-    p50, p99 = edge_decision_ms(REPLAY.model_copy(update={"method": "intellectreq"}),
-                                repeats=20)
+    p50, p99 = edge_decision_ms(REPLAY.model_copy(update={"method": method}), repeats=20)
     assert 0 < p50 <= p99
+    with pytest.raises(ValueError, match="no edge decision"):
+        edge_decision_ms(REPLAY.model_copy(update={"method": "random"}), repeats=1)
 
 
-@pytest.mark.parametrize("method", ["intellectreq", "drift"])
+@pytest.mark.parametrize("method", ["intellectreq", "drift", "lof", "ocsvm"])
 def test_the_cloud_computes_each_devices_mrs_as_the_device_did(method: str) -> None:
     """The threshold's sample: for every click of a release's interval the cloud
     rebuilds the MRS the device's agent computed — against the window of the device's
