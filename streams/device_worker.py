@@ -21,6 +21,7 @@ event a no-op.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import socket
@@ -70,6 +71,15 @@ log = logging.getLogger(__name__)
 
 # (topic, value, key, partition, headers) -> None; flushed before each commit
 Send = Callable[[str, bytes, bytes | None, int | None, list[tuple[str, bytes]]], None]
+
+
+class Offered(enum.Enum):
+    """What :meth:`DeviceWorker.offer` did with a message."""
+
+    KEPT = "kept"            # buffered: acknowledge once its slice is committed
+    DONE = "done"            # already reflected in the committed state: acknowledge now
+    NOT_OWNED = "not owned"  # a partition this worker does not own (any more): leave it
+    #                          unacknowledged — its owner reads it from the committed offset
 
 
 @dataclass
@@ -128,6 +138,10 @@ class DeviceWorker:
         self.buffers: dict[int, PartitionBuffer] = {}
         self.loaded: dict[str, int] = {}
         self.skipped = 0
+        # bumped on every change of ownership: a slice whose processing awaited across a
+        # rebalance is abandoned, not committed with buffers that are no longer current
+        self.ownership_epoch = 0
+        self.advanced_at = time.monotonic()   # when a slice was last committed
 
     # --- assignment --------------------------------------------------------------------
 
@@ -135,6 +149,8 @@ class DeviceWorker:
         """Take over ``partitions``: their progress as last committed in Redis."""
         new = sorted(set(partitions) - set(self.progress))
         if new:
+            self.ownership_epoch += 1
+            self.advanced_at = time.monotonic()
             done = await self._redis(lambda: read_progress(self.client, self.keys, new))
             for p, progress in zip(new, done, strict=True):
                 self.progress[p] = progress
@@ -147,6 +163,8 @@ class DeviceWorker:
 
     def revoke(self, partitions: set[int]) -> None:
         """Give up ``partitions``: their unacknowledged messages go to the next owner."""
+        if set(partitions) & set(self.progress):
+            self.ownership_epoch += 1
         for p in partitions:
             self.progress.pop(p, None)
             self.buffers.pop(p, None)
@@ -166,27 +184,36 @@ class DeviceWorker:
 
     # --- input -------------------------------------------------------------------------
 
-    def offer(self, topic: str, partition: int, entry: Entry) -> bool:
-        """Buffer one message; ``False`` if it is already reflected in the committed
-        state (acknowledge it at once)."""
+    def offer(self, topic: str, partition: int, entry: Entry) -> Offered:
+        """Buffer one message of an owned partition (see :class:`Offered`)."""
         progress = self.progress.get(partition)
         name = self.topics.get(topic)
         if progress is None or name is None:
-            return False
+            return Offered.NOT_OWNED
         if entry.offset < progress.offsets.get(name, 0):
             self.skipped += 1
-            return False
+            return Offered.DONE
         buffer = self.buffers[partition]
         entry.received_ms = time.time() * 1000.0
         entry.marker = marker_slice(entry.value, entry.headers)
         buffer.entries[name].append(entry)
         if entry.marker is not None:
             buffer.closed[name] = max(buffer.closed.get(name, -1), entry.marker[0])
-        return True
+        return Offered.KEPT
 
     def finished(self, end_slice: int) -> bool:
         return bool(self.progress) and all(p.next_slice >= end_slice
                                            for p in self.progress.values())
+
+    def waiting_on(self) -> tuple[int, dict[int, list[str]]] | None:
+        """The lowest pending slice and, for each owned partition at it, the topics whose
+        marker closing it has not arrived (None when nothing is owned)."""
+        if not self.progress:
+            return None
+        k = min(p.next_slice for p in self.progress.values())
+        return k, {p: [t for t in self.topics.values()
+                       if self.buffers[p].closed.get(t, -1) < k + 1]
+                   for p, pr in sorted(self.progress.items()) if pr.next_slice == k}
 
     def _ready_group(self) -> list[int]:
         """Partitions at the lowest pending slice, if every one of them has it whole."""
@@ -233,6 +260,7 @@ class DeviceWorker:
     async def _process_group(self, group: list[int]) -> list[Any]:
         cfg = self.config
         started = time.perf_counter()
+        epoch = self.ownership_epoch
         k = self.progress[group[0]].next_slice
         taken = [self._take_slice(p, k) for p in group]
         entries = [e for t in taken for e in t[0]]
@@ -323,6 +351,12 @@ class DeviceWorker:
                 pipe.execute()
                 return True
 
+        if self.ownership_epoch != epoch:
+            # a rebalance while this slice waited (for the cloud, or a correction): the
+            # buffers it was taken from are gone; its messages stay unacknowledged and
+            # are read again from the committed offsets by whoever owns them now
+            log.info("slice %d of partitions %s abandoned: ownership changed", k, group)
+            return []
         committed = await self._redis(commit)
         if self.meter is not None and committed:  # a slice done before counts once
             self._record(out_stats, time.perf_counter() - started,
@@ -331,6 +365,7 @@ class DeviceWorker:
             pr = self.progress[p]
             self.progress[p] = Progress(k + 1, {**pr.offsets, **t[3]}, clock.next_job, applied,
                                         versions, None)
+        self.advanced_at = time.monotonic()
         return handles
 
     def _record(self, out_stats: dict, seconds: float, latency_ms: np.ndarray) -> None:

@@ -9,10 +9,11 @@ commits to Kafka never run ahead of the state. Scale out by starting more worker
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import faust
-from dcrec.streams.device_worker import DeviceWorker, Entry
+from dcrec.streams.device_worker import DeviceWorker, Entry, Offered
 from dcrec.streams.topics import DEVICE_TOPICS, topic_name
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -89,6 +90,32 @@ def highwater(app: faust.App, topic: str, partition: int) -> int | None:
         return None
 
 
+STALL_SECONDS = 60.0        # a worker owning partitions with no slice done for this long
+STALL_CHECK_SECONDS = 15.0  # logs what it waits for and its consumer's state, this often
+
+
+def consumer_state(app: faust.App) -> str:
+    """The consumer's view of its partitions, for a stall report: assigned, paused and
+    buffer-full partitions (faust) and fetch positions (aiokafka). Reads private
+    attributes: a report, never a decision."""
+    def tps(items) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+        return sorted((tp.topic.rsplit(".", 1)[-1], tp.partition) for tp in items)
+
+    consumer = app.consumer
+    try:
+        fetch = consumer._thread._ensure_consumer()._subscription.subscription.assignment
+        positions = {(tp.topic.rsplit(".", 1)[-1], tp.partition):
+                     (state.position if state.has_valid_position else None, state.paused)
+                     for tp, state in fetch._tp_state.items()}
+    except Exception as error:  # a driver without these attributes: say so
+        positions = {"unavailable": repr(error)}
+    return (f"generation {app.consumer_generation_id}, assigned {tps(consumer.assignment())}, "
+            f"paused {tps(consumer._paused_partitions)}, "
+            f"buffer-full {tps(consumer._buffered_partitions)}, "
+            f"flow {'on' if consumer.flow_active else 'off'}, "
+            f"fetch (position, paused) {positions}")
+
+
 def attach_device_agent(app: faust.App, namespace: str, partitions: int,
                         make_worker: Callable[[], DeviceWorker],
                         on_finished: Callable[[DeviceWorker], bool] | None = None) -> None:
@@ -112,6 +139,17 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
     async def _assigned(sender, assigned, **_) -> None:
         await worker().assign({tp.partition for tp in assigned if tp.topic in names})
 
+    @app.timer(STALL_CHECK_SECONDS)
+    async def _report_stall() -> None:
+        core = holder.get("worker")
+        if core is None or time.monotonic() - core.advanced_at < STALL_SECONDS:
+            return
+        waiting = core.waiting_on()
+        if waiting is not None and any(waiting[1].values()):
+            log.warning("no slice committed for %.0f s: waiting for slice %d of %s; %s",
+                        time.monotonic() - core.advanced_at, waiting[0], waiting[1],
+                        consumer_state(app))
+
     @app.agent(topic, concurrency=1, name="devices")
     async def devices(stream) -> None:
         manual = stream.noack()
@@ -120,8 +158,10 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
             core = worker()
             entry = Entry(message.offset, message.value, message.headers,
                           int(message.timestamp * 1000) if message.timestamp else 0, event)
-            if not core.offer(message.topic, message.partition, entry):
+            offered = core.offer(message.topic, message.partition, entry)
+            if offered is Offered.DONE:
                 await manual.ack(event)
+            if offered is not Offered.KEPT:
                 continue
             if entry.marker is None:
                 continue

