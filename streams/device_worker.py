@@ -115,6 +115,7 @@ class WorkerConfig:
 class PartitionBuffer:
     entries: dict[str, deque[Entry]] = field(default_factory=dict)
     closed: dict[str, int] = field(default_factory=dict)  # highest marker slice seen
+    end: int | None = None  # the slice number of the end marker: no slice follows
 
 
 class DeviceWorker:
@@ -199,6 +200,8 @@ class DeviceWorker:
         buffer.entries[name].append(entry)
         if entry.marker is not None:
             buffer.closed[name] = max(buffer.closed.get(name, -1), entry.marker[0])
+            if entry.marker[2]:
+                buffer.end = entry.marker[0]
         return Offered.KEPT
 
     def finished(self, end_slice: int) -> bool:
@@ -207,8 +210,11 @@ class DeviceWorker:
 
     def waiting_on(self) -> tuple[int, dict[int, list[str]]] | None:
         """The lowest pending slice and, for each owned partition at it, the topics whose
-        marker closing it has not arrived (None when nothing is owned)."""
-        if not self.progress:
+        marker closing it has not arrived (None when nothing is owned or every owned
+        partition is through its end marker)."""
+        done = [p for p, pr in self.progress.items()
+                if self.buffers[p].end is not None and pr.next_slice >= self.buffers[p].end]
+        if len(done) == len(self.progress):
             return None
         k = min(p.next_slice for p in self.progress.values())
         return k, {p: [t for t in self.topics.values()

@@ -257,6 +257,8 @@ def test_a_device_worker_commits_a_whole_slice_and_leaves_others_partitions(serv
     assert sorted(handles) == sorted(e.handle for _, e in entries
                                      if e.marker is None or e.marker[0] == 0)
     assert read_progress(worker.client, RunKeys(run), [0])[0].next_slice == 1
+    # what a stall report would say: slice 1 lacks the markers that close it
+    assert worker.waiting_on() == (1, {0: [EXPOSURES, CLICKS]})
     # a message of a partition it does not own is neither kept nor acknowledged
     assert worker.offer(entries[0][0], 1, entries[0][1]) is Offered.NOT_OWNED
     # one already reflected in the committed state is acknowledged at once
