@@ -651,3 +651,43 @@ def request_costs_(
     _write_results(out / f"request-costs-{source.name}",
                    {"costs": costs, "clicks_per_second": clicks_per_second, "rows": rows},
                    markdown(costs, rows, clicks_per_second))
+
+
+@app.command()
+def scale(
+    methods: Annotated[str, typer.Option(help="presets to run, comma-separated")] =
+        "gru4rec,intellectreq",
+    devices: Annotated[int, typer.Option(help="devices (world users)")] = 1_000_000,
+    items: Annotated[int, typer.Option(help="world items")] = 20_000,
+    events: Annotated[int, typer.Option(help="world events")] = 10_000_000,
+    clicks_per_second: Annotated[float, typer.Option(
+        help="the click rate to extrapolate to")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="world and model seed")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for JSON, Markdown and PNG")] = Path("runs"),
+) -> None:
+    """The synthetic world at a million devices through the local runtime, one process
+    per method: memory per device and in total, throughput, and bandwidth and cloud
+    cores at a click rate from what the run measured per click."""
+    from dcrec.replay.scale import extrapolate, markdown, plot, scale_rows
+    from dcrec.streams.presets import PRESETS
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names or (unknown := [m for m in names if m not in PRESETS]):
+        _fail(f"unknown method {(unknown or [''])[0]!r}; see `dcrec methods`")
+    if clicks_per_second <= 0:
+        _fail("the click rate must be positive")
+    config = _config(ReplayConfig, dataset="world", seed=seed,
+                     world=_config(WorldSettings, users=devices, items=items, events=events))
+    console.print(f"{len(names)} replays of {devices:,} devices and {events:,} events, "
+                  "one process each")
+    with tqdm(total=len(names), desc="scale", unit="method") as bar:
+        rows = []
+        for name in names:
+            bar.set_postfix_str(name)
+            rows += scale_rows(config, [name])
+            bar.update()
+    extrapolated = extrapolate(rows, clicks_per_second)
+    _write_results(out / f"scale-{devices}", {"rows": rows, "extrapolated": extrapolated,
+                                              "clicks_per_second": clicks_per_second},
+                   markdown(rows, extrapolated, clicks_per_second),
+                   lambda path: plot(rows, extrapolated, path))

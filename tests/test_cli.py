@@ -14,7 +14,7 @@ from dcrec.cli import app
 runner = CliRunner()
 VERBS = [[], ["data"], ["data", "get"], ["replay"], ["eval"], ["show"], ["methods"], ["bench"],
          ["up"], ["down"], ["topics", "create"], ["worker"], ["cloud"], ["groups"], ["metapatches"],
-         ["curve"], ["resources"], ["dashboard"]]
+         ["curve"], ["resources"], ["dashboard"], ["scale"], ["tune"], ["request-costs"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "dcrec")
