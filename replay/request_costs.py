@@ -6,8 +6,10 @@ Per request: the bytes up (the click window, int32 ids, in a ``ParamRequest``) a
 wire; the cloud's FLOPs to generate the parameters and its measured time per request
 (``ParameterService`` answering a batch). Per click on the device: the FLOPs and time
 of the request decision (Ω over the window, the agent's code, MRD and DM's
-uncertainty, one device at a time). The parameters a device holds (static layers Ω and
-the agent) against those that stay in the cloud (the generator).
+uncertainty, one device at a time), and the time of the LOF and OC-SVM baselines'
+decisions (a detector fitted on the window, no parameters to hold). The parameters a
+device holds (static layers Ω and the agent) against those that stay in the cloud (the
+generator).
 
 The extrapolation multiplies the per-request figures by ``clicks_per_second`` × the
 request rate: EC-CDR asks at every click, a request agent at its rate. FLOPs count
@@ -22,6 +24,7 @@ import time
 import numpy as np
 import torch
 from dcrec.models.intellectreq import IntellectReqModel
+from dcrec.models.request_baselines import NOVELTY
 from dcrec.replay.resources import callable_flops
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.intellectreq_pipeline import ParameterService
@@ -53,6 +56,19 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
             decide()
             decision_ms.append(1000.0 * (time.perf_counter() - started))
 
+    # the baselines' edge inference (Table 1): a detector fitted on the window's item
+    # embeddings and the newest click's score, one device at a time
+    embedded = rec.item_embedding.weight.detach().numpy()[window.numpy()]
+    baseline_ms = {}
+    for name, novelty in NOVELTY.items():
+        novelty(embedded, np.array([max_len]))   # imports and first-call set-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            novelty(embedded, np.array([max_len]))
+            times.append(1000.0 * (time.perf_counter() - started))
+        baseline_ms[name] = (float(np.percentile(times, 50)), float(np.percentile(times, 99)))
+
     registry = ModelRegistry()
     version = registry.publish("ir", model.state_dict()).version
     service = ParameterService(lambda: model, registry, "ir", max_len)
@@ -74,6 +90,7 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
         "decision_ms_p99": float(np.percentile(decision_ms, 99)),
         "generate_flops": callable_flops(lambda: rec.generate(window, length)),
         "generate_ms_per_request": generate_ms,
+        "baseline_decision_ms": baseline_ms,
         "bytes_up": len(encode(requests[0])),
         "bytes_down": len(encode(answers[0])),
         "max_len": max_len, "n_items": n_items,
@@ -113,6 +130,9 @@ def markdown(costs: dict, rows: list[dict], clicks_per_second: float) -> str:
         f"| device decision per click: FLOPs | {_si(c['decision_flops'], 'FLOP')} |",
         f"| device decision per click: time p50 / p99 | {c['decision_ms_p50']:.2f} / "
         f"{c['decision_ms_p99']:.2f} ms |",
+        *(f"| {name} baseline decision per click: time p50 / p99 (no parameters) "
+          f"| {p50:.2f} / {p99:.2f} ms |"
+          for name, (p50, p99) in c["baseline_decision_ms"].items()),
         f"| cloud per request: FLOPs | {_si(c['generate_flops'], 'FLOP')} |",
         f"| cloud per request: time (batched) | {c['generate_ms_per_request']:.3f} ms |",
         f"| bytes up / down per request | {c['bytes_up']:,} / {c['bytes_down']:,} B |",

@@ -406,6 +406,8 @@ def test_request_costs_count_the_wire_bytes_and_scale_with_the_request_rate() ->
     assert 4 * 10 < costs["bytes_up"] < 4 * 10 + 100
     assert costs["cloud_params"] == sum(p.numel() for p in model.rec.generator.parameters())
     assert costs["generate_flops"] > 0 and costs["decision_flops"] > 0
+    assert set(costs["baseline_decision_ms"]) == {"lof", "ocsvm"}
+    assert all(0 < p50 <= p99 for p50, p99 in costs["baseline_decision_ms"].values())
     rows = extrapolate(costs, 1000.0, {"all": 1.0, "tenth": 0.1, "none": 0.0})
     assert rows[0]["down_bytes_per_second"] == pytest.approx(1000 * costs["bytes_down"])
     assert rows[1]["cloud_flops_per_second"] == pytest.approx(
