@@ -668,7 +668,7 @@ def scale(
     """The synthetic world at a million devices through the local runtime, one process
     per method: memory per device and in total, throughput, and bandwidth and cloud
     cores at a click rate from what the run measured per click."""
-    from dcrec.replay.scale import extrapolate, markdown, plot, scale_rows
+    from dcrec.replay.scale import extrapolate, markdown, plot, scale_row_in_own_process
     from dcrec.streams.presets import PRESETS
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -680,11 +680,11 @@ def scale(
                      world=_config(WorldSettings, users=devices, items=items, events=events))
     console.print(f"{len(names)} replays of {devices:,} devices and {events:,} events, "
                   "one process each")
+    rows = []
     with tqdm(total=len(names), desc="scale", unit="method") as bar:
-        rows = []
         for name in names:
             bar.set_postfix_str(name)
-            rows += scale_rows(config, [name])
+            rows.append(scale_row_in_own_process(config.model_copy(update={"method": name})))
             bar.update()
     extrapolated = extrapolate(rows, clicks_per_second)
     _write_results(out / f"scale-{devices}", {"rows": rows, "extrapolated": extrapolated,

@@ -108,14 +108,13 @@ def _lof_of_newest(x: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
     nearest = np.argsort(distance, axis=-1, kind="stable")[..., :k]     # [n, L, k]
     near_distance = np.take_along_axis(distance, nearest, -1)
     k_distance = near_distance[..., -1]                                 # [n, L]
-    rows = np.arange(n)[:, None, None]
-    reach = np.maximum(k_distance[rows, nearest], near_distance)
+    row = np.arange(n)
+    reach = np.maximum(k_distance[row[:, None, None], nearest], near_distance)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        lrd = 1.0 / (reach.mean(-1) + 1e-10)
+        lrd = 1.0 / (reach.mean(-1) + 1e-10)                           # [n, L]
         newest = lengths - 1
-        lrd_newest = lrd[np.arange(n), newest]
-        around = lrd[np.arange(n)[:, None], nearest[np.arange(n), newest]].mean(-1)
-    return around / lrd_newest
+        around = lrd[row[:, None], nearest[row, newest]].mean(-1)
+    return around / lrd[row, newest]
 
 
 def newest_click_ocsvm(embedded: np.ndarray, lengths: np.ndarray,

@@ -20,6 +20,7 @@ costliest case.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,16 @@ from dcrec.streams.schema import ParamRequest, encode
 
 def _params(modules: list[torch.nn.Module]) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def _p50_p99_ms(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """p50 and p99 wall milliseconds of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(1000.0 * (time.perf_counter() - started))
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
 def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
@@ -49,25 +60,19 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
     def decide() -> None:
         agent.mrs(then, agent.encoder(rec.user_state(window, length)))
 
-    decision_ms = []
     with torch.inference_mode():
-        for _ in range(repeats):
-            started = time.perf_counter()
-            decide()
-            decision_ms.append(1000.0 * (time.perf_counter() - started))
+        decision_p50, decision_p99 = _p50_p99_ms(decide, repeats)
 
     # the baselines' edge inference (Table 1): a detector fitted on the window's item
     # embeddings and the newest click's score, one device at a time
     embedded = rec.item_embedding.weight.detach().numpy()[window.numpy()]
     baseline_ms = {}
     for name, novelty in NOVELTY.items():
-        novelty(embedded, np.array([max_len]))   # imports and first-call set-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
+        def decide_baseline(novelty=novelty) -> None:
             novelty(embedded, np.array([max_len]))
-            times.append(1000.0 * (time.perf_counter() - started))
-        baseline_ms[name] = (float(np.percentile(times, 50)), float(np.percentile(times, 99)))
+
+        decide_baseline()   # imports and first-call set-up
+        baseline_ms[name] = _p50_p99_ms(decide_baseline, repeats)
 
     registry = ModelRegistry()
     version = registry.publish("ir", model.state_dict()).version
@@ -86,8 +91,8 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
                                                    rec.target_trans, agent]),
         "cloud_params": _params([rec.generator]),
         "decision_flops": callable_flops(decide),
-        "decision_ms_p50": float(np.percentile(decision_ms, 50)),
-        "decision_ms_p99": float(np.percentile(decision_ms, 99)),
+        "decision_ms_p50": decision_p50,
+        "decision_ms_p99": decision_p99,
         "generate_flops": callable_flops(lambda: rec.generate(window, length)),
         "generate_ms_per_request": generate_ms,
         "baseline_decision_ms": baseline_ms,
@@ -110,7 +115,8 @@ def extrapolate(costs: dict, clicks_per_second: float, rates: dict[str, float]) 
     return rows
 
 
-def _si(value: float, unit: str) -> str:
+def si_prefixed(value: float, unit: str) -> str:
+    """``4.3e9, "B/s"`` → ``4.30 GB/s``."""
     for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:
             return f"{value / size:.2f} {prefix}{unit}"
@@ -127,13 +133,13 @@ def markdown(costs: dict, rows: list[dict], clicks_per_second: float) -> str:
         f"| device parameters (Ω + request agent) | {c['edge_params']:,} "
         f"({c['edge_params_without_embeddings']:,} without the item embeddings) |",
         f"| cloud-only parameters (generator) | {c['cloud_params']:,} |",
-        f"| device decision per click: FLOPs | {_si(c['decision_flops'], 'FLOP')} |",
+        f"| device decision per click: FLOPs | {si_prefixed(c['decision_flops'], 'FLOP')} |",
         f"| device decision per click: time p50 / p99 | {c['decision_ms_p50']:.2f} / "
         f"{c['decision_ms_p99']:.2f} ms |",
         *(f"| {name} baseline decision per click: time p50 / p99 (no parameters) "
           f"| {p50:.2f} / {p99:.2f} ms |"
           for name, (p50, p99) in c["baseline_decision_ms"].items()),
-        f"| cloud per request: FLOPs | {_si(c['generate_flops'], 'FLOP')} |",
+        f"| cloud per request: FLOPs | {si_prefixed(c['generate_flops'], 'FLOP')} |",
         f"| cloud per request: time (batched) | {c['generate_ms_per_request']:.3f} ms |",
         f"| bytes up / down per request | {c['bytes_up']:,} / {c['bytes_down']:,} B |",
         "", f"### At {clicks_per_second:,.0f} clicks/s", "",
@@ -142,7 +148,7 @@ def markdown(costs: dict, rows: list[dict], clicks_per_second: float) -> str:
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['request_rate']:.3f} | {r['requests_per_second']:,.0f} "
-            f"| {_si(r['up_bytes_per_second'], 'B/s')} "
-            f"| {_si(r['down_bytes_per_second'], 'B/s')} "
-            f"| {_si(r['cloud_flops_per_second'], 'FLOP/s')} | {r['cloud_cores']:,.1f} |")
+            f"| {si_prefixed(r['up_bytes_per_second'], 'B/s')} "
+            f"| {si_prefixed(r['down_bytes_per_second'], 'B/s')} "
+            f"| {si_prefixed(r['cloud_flops_per_second'], 'FLOP/s')} | {r['cloud_cores']:,.1f} |")
     return "\n".join(lines) + "\n"

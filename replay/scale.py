@@ -16,6 +16,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dcrec.replay.driver import run_replay
+from dcrec.replay.request_costs import si_prefixed
 
 from dcrec.config import ReplayConfig
 
@@ -45,14 +46,10 @@ def scale_row(config: ReplayConfig) -> dict:
     }
 
 
-def scale_rows(config: ReplayConfig, methods: list[str]) -> list[dict]:
-    """:func:`scale_row` of each method, each in its own spawned process."""
-    rows = []
-    for method in methods:
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            rows.append(pool.submit(scale_row, config.model_copy(
-                update={"method": method})).result())
-    return rows
+def scale_row_in_own_process(config: ReplayConfig) -> dict:
+    """:func:`scale_row` in a spawned process of its own (its peak RSS is the method's)."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(scale_row, config).result()
 
 
 def extrapolate(rows: list[dict], clicks_per_second: float) -> list[dict]:
@@ -63,13 +60,6 @@ def extrapolate(rows: list[dict], clicks_per_second: float) -> list[dict]:
              "down_bytes_per_second": clicks_per_second * r["bytes_down_per_click"],
              "cloud_cores": clicks_per_second * r["cloud_seconds_per_click"]}
             for r in rows]
-
-
-def _si(value: float, unit: str) -> str:
-    for prefix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f} {prefix}{unit}"
-    return f"{value:.2f} {unit}"
 
 
 def markdown(rows: list[dict], extrapolated: list[dict], clicks_per_second: float) -> str:
@@ -92,8 +82,8 @@ def markdown(rows: list[dict], extrapolated: list[dict], clicks_per_second: floa
               "| --- | ---: | ---: | ---: | ---: |"]
     for e in extrapolated:
         lines.append(f"| {e['method']} | {e['request_rate']:.3f} "
-                     f"| {_si(e['up_bytes_per_second'], 'B/s')} "
-                     f"| {_si(e['down_bytes_per_second'], 'B/s')} "
+                     f"| {si_prefixed(e['up_bytes_per_second'], 'B/s')} "
+                     f"| {si_prefixed(e['down_bytes_per_second'], 'B/s')} "
                      f"| {e['cloud_cores']:,.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -212,9 +212,8 @@ class DeviceWorker:
         """The lowest pending slice and, for each owned partition at it, the topics whose
         marker closing it has not arrived (None when nothing is owned or every owned
         partition is through its end marker)."""
-        done = [p for p, pr in self.progress.items()
-                if self.buffers[p].end is not None and pr.next_slice >= self.buffers[p].end]
-        if len(done) == len(self.progress):
+        if all(self.buffers[p].end is not None and pr.next_slice >= self.buffers[p].end
+               for p, pr in self.progress.items()):
             return None
         k = min(p.next_slice for p in self.progress.values())
         return k, {p: [t for t in self.topics.values()

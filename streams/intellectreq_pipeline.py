@@ -487,11 +487,10 @@ class IntellectReqCloudJob:
             then_windows[row, :len(window)] = window
             then_lengths[row] = len(window)
         after, after_len = window_after(windows, lengths, targets.astype(np.int32))
+        embedded = self.model.rec.item_embedding.weight.numpy()
         if self.score in NOVELTY:   # as the device: the newest click among its window
-            embedded = self.model.rec.item_embedding.weight.numpy()
             return NOVELTY[self.score](embedded[after], after_len)
         if self.score == "drift":   # as the device: −D of its clicks since it asked
-            embedded = self.model.rec.item_embedding.weight.numpy()
             recent = np.minimum(np.where(then_lengths > 0, positions - asked_at, after_len),
                                 after_len)
             anchor = mean_of_last(embedded[then_windows], then_lengths, then_lengths)
