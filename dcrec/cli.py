@@ -39,6 +39,8 @@ DEFAULT_EVAL_METHODS = "gru4rec,sasrec,din,river-mf"
 EmbeddingOption = Annotated[int | None, typer.Option(help="embedding size (model default)")]
 LrOption = Annotated[float | None, typer.Option(help="Adam learning rate (model default if unset)")]
 L2Option = Annotated[float | None, typer.Option(help="L2 weight (model default if unset)")]
+ReplayRatioOption = Annotated[int | None, typer.Option(
+    help="past clicks a cloud job rehearses per new one (preset default: 4 for EC-CDR, else 0)")]
 PortOption = Annotated[int | None, typer.Option(
     help="dashboard port on 127.0.0.1 (default 9460; 0: a free port; taken: a free one)")]
 
@@ -139,6 +141,7 @@ def replay(
     warmup: Annotated[int, typer.Option(help="clicks per user before scoring starts")] = 5,
     slate_size: Annotated[int, typer.Option(help="slate shown where a log has no exposures")] = 5,
     epochs_per_job: Annotated[int, typer.Option(help="training epochs per cloud job")] = 2,
+    replay_ratio: ReplayRatioOption = None,
     embedding_dim: EmbeddingOption = None,
     lr: LrOption = None,
     l2: L2Option = None,
@@ -166,7 +169,8 @@ def replay(
         cloud_interval=cloud_interval, upload_interval=upload_interval,
         request_budget=request_budget, request_capacity=request_capacity, warmup=warmup,
         slate_size=slate_size,
-        model=_config(ModelConfig, epochs_per_job=epochs_per_job, embedding_dim=embedding_dim,
+        model=_config(ModelConfig, epochs_per_job=epochs_per_job, replay_ratio=replay_ratio,
+                      embedding_dim=embedding_dim,
                       lr=lr, l2=l2),
         world=_config(WorldSettings, users=world_users, items=world_items, events=world_events),
     )
@@ -466,6 +470,7 @@ def curve(
     methods: Annotated[str, typer.Option(help="request agents")] = "intellectreq,random",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    replay_ratio: ReplayRatioOption = None,
     world_users: WorldUsers = None,
     world_items: WorldItems = None,
     world_events: WorldEvents = None,
@@ -488,6 +493,7 @@ def curve(
     if unknown := [m for m in agents if m not in AGENTS]:
         _fail(f"unknown request agent {unknown[0]!r}; known: {', '.join(AGENTS)}")
     config = _config(ReplayConfig, dataset=dataset, max_events=max_events,
+                     model=_config(ModelConfig, replay_ratio=replay_ratio),
                      world=_config(WorldSettings, users=world_users, items=world_items,
                                    events=world_events))
     total = len(seed_list) * (2 + len(agents) * len(budget_list))

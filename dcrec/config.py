@@ -95,6 +95,11 @@ class ModelConfig(_Strict):
     batch_size: int = Field(256, ge=1)
     epochs_per_job: int = Field(2, ge=1, le=100)
     train_negatives: int = Field(4, ge=1)
+    replay_ratio: int | None = Field(
+        None, ge=0, le=100, description="past samples a cloud job rehearses per new one "
+        "(experience replay); None: the preset's (4 for EC-CDR, 0 otherwise)")
+    replay_capacity: int = Field(50_000, ge=1, description="most recent samples kept "
+                                 "for rehearsal")
 
 
 class WorldSettings(_Strict):

@@ -21,6 +21,10 @@ class TrainingConfig:
     batch_size: int = 256
     epochs: int = 1
     n_negatives: int = 4
+    # experience replay: past samples trained on per new sample, drawn from the most
+    # recent ``replay_capacity`` (0: a job trains on what arrived since the last only)
+    replay_ratio: int = 0
+    replay_capacity: int = 50_000
 
 
 # CPU GEMM kernels round differently below this many rows (torch 2.13 here: a GRU step
@@ -68,7 +72,8 @@ class InputTrainer:
     """:class:`IncrementalTrainer` for models with several named inputs (MC²-SF's
     click windows, exposure windows, negative memory, hints): ``loss(inputs,
     candidates)`` with the target in candidate column 0 and sampled negatives after.
-    Keeps the model and its Adam state across :meth:`fit` calls (warm start)."""
+    Keeps the model and its Adam state across :meth:`fit` calls (warm start) and, with
+    ``replay_ratio`` > 0, the most recent samples to rehearse (experience replay)."""
 
     def __init__(self, model: nn.Module, loss: InputLoss, n_items: int,
                  config: TrainingConfig, seed: int) -> None:
@@ -80,12 +85,17 @@ class InputTrainer:
                                           weight_decay=config.l2)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
+        self.recent: Inputs = {}   # the samples kept for rehearsal, target under ""
 
     def fit(self, inputs: Inputs, target: np.ndarray, epochs: int | None = None) -> float:
-        """Train on ``inputs → target`` (shifted ids); the mean loss."""
+        """Train on ``inputs → target`` (shifted ids) and, with ``replay_ratio``, on
+        that many draws per new sample from the recent ones; the mean loss."""
         n = len(target)
         if n == 0:
             return float("nan")
+        if self.config.replay_ratio:
+            inputs, target = self._with_rehearsal(inputs, target)
+            n = len(target)
         tensors = {name: _tensor(array) for name, array in inputs.items()}
         target_t = _tensor(target)
         self.model.train()
@@ -106,6 +116,20 @@ class InputTrainer:
                 self.steps += 1
         self.model.eval()
         return float(np.mean(losses))
+
+    def _with_rehearsal(self, inputs: Inputs, target: np.ndarray) -> tuple[Inputs, np.ndarray]:
+        """The new samples join the most recent ``replay_capacity``; returned with
+        ``replay_ratio`` draws per new sample from those (with replacement)."""
+        new = {**inputs, "": target}
+        keep = self.config.replay_capacity
+        self.recent = {name: np.concatenate([self.recent[name], array])[-keep:]
+                       if self.recent else array[-keep:] for name, array in new.items()}
+        held = len(self.recent[""])
+        draws = torch.randint(0, held, (min(held, self.config.replay_ratio * len(target)),),
+                              generator=self.generator).numpy()
+        mixed = {name: np.concatenate([array, self.recent[name][draws]])
+                 for name, array in new.items()}
+        return {name: mixed[name] for name in inputs}, mixed[""]
 
 
 @torch.inference_mode()

@@ -108,6 +108,7 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          max_len=m.max_len, embedding_dim=m.embedding_dim, lr=m.lr, l2=m.l2,
                          batch_size=m.batch_size, epochs_per_job=m.epochs_per_job,
                          train_negatives=m.train_negatives,
+                         replay_ratio=m.replay_ratio, replay_capacity=m.replay_capacity,
                          upload_interval=config.upload_interval,
                          request_budget=config.request_budget,
                          request_capacity=config.request_capacity,

@@ -52,6 +52,8 @@ class PresetContext:
     batch_size: int = 256
     epochs_per_job: int = 2
     train_negatives: int = 4
+    replay_ratio: int | None = None   # past samples rehearsed per new one; None: preset's
+    replay_capacity: int = 50_000
     upload_interval: int = 3600
     ttt_mini_batch: int = 10  # CoCorrRec's TTT mini-batch size b (§5.4.2: 1 … 20)
     request_budget: float = 0.1  # the share of clicks that may request parameters
@@ -84,11 +86,21 @@ def sequence_model_factory(name: str, ctx: PresetContext) -> Callable[[], Sequen
     return lambda: build(ctx, dim)
 
 
-def training_config(name: str, ctx: PresetContext) -> TrainingConfig:
-    _, _, lr, l2 = _SEQUENCE_MODELS[name]
+def cloud_training(ctx: PresetContext, lr: float, l2: float,
+                   replay_ratio: int = 0) -> TrainingConfig:
+    """A cloud job's optimiser settings: the context's where it sets them, else the
+    preset's defaults (``lr``, ``l2``, ``replay_ratio``)."""
     return TrainingConfig(lr=ctx.lr or lr, l2=ctx.l2 if ctx.l2 is not None else l2,
                           batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
-                          n_negatives=ctx.train_negatives)
+                          n_negatives=ctx.train_negatives,
+                          replay_ratio=replay_ratio if ctx.replay_ratio is None
+                          else ctx.replay_ratio,
+                          replay_capacity=ctx.replay_capacity)
+
+
+def training_config(name: str, ctx: PresetContext) -> TrainingConfig:
+    _, _, lr, l2 = _SEQUENCE_MODELS[name]
+    return cloud_training(ctx, lr, l2)
 
 
 def _sequence_pipeline(name: str, ctx: PresetContext) -> Pipeline:
@@ -105,9 +117,7 @@ def _sequence_pipeline(name: str, ctx: PresetContext) -> Pipeline:
 def mc2sf_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
     """An MC²-SF preset; MC²-SF §5.1.4 defaults (embedding 32, Adam lr 5e-4, L2 1e-4)
     unless the context overrides them."""
-    training = TrainingConfig(lr=ctx.lr or 5e-4, l2=ctx.l2 if ctx.l2 is not None else 1e-4,
-                              batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
-                              n_negatives=ctx.train_negatives)
+    training = cloud_training(ctx, 5e-4, 1e-4)
     processor, cloud, registry = build_mc2sf(variant, ctx.n_users, ctx.n_items, ctx.seed,
                                              ctx.max_len, ctx.embedding_dim or 32, training,
                                              ctx.upload_interval)
@@ -117,9 +127,7 @@ def mc2sf_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
 def dccl_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
     """A DCCL preset on the DIN backbone (DCCL §4.1; MC²-SF's DIN defaults: embedding
     32, Adam lr 5e-4, L2 1e-4, unless the context overrides them)."""
-    training = TrainingConfig(lr=ctx.lr or 5e-4, l2=ctx.l2 if ctx.l2 is not None else 1e-4,
-                              batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
-                              n_negatives=ctx.train_negatives)
+    training = cloud_training(ctx, 5e-4, 1e-4)
     profiles = profile_matrix(ctx.user_features, ctx.n_users)
     processor, cloud, registry = build_dccl(variant, ctx.n_users, ctx.n_items, ctx.seed,
                                             ctx.max_len, ctx.embedding_dim or 32, training,
@@ -130,6 +138,9 @@ def dccl_pipeline(variant: str, ctx: PresetContext) -> Pipeline:
 def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
     """``scn`` (the self-correction network alone) or ``cocorrrec`` (with the cloud's
     correction network); CoCorrRec §5.1.4 defaults (embedding 64, 4 heads, b = 10)."""
+    if ctx.replay_ratio:
+        raise ValueError(f"{name} trains on whole click sequences; the replay ratio applies "
+                         "to presets trained on click windows")
     torch.manual_seed(ctx.seed)
     factory = sequence_model_factory(name, ctx)
     registry = ModelRegistry()
@@ -145,6 +156,7 @@ def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
 # request policy of each EC-CDR preset (IntellectReq §4): bounds and the agents
 _REQUEST_POLICIES = {"ec-cdr": "always", "ec-cdr-static": "never", "random": "random",
                      "intellectreq": "mrs", "drift": "drift", "lof": "lof", "ocsvm": "ocsvm"}
+EC_CDR_REPLAY = 4   # past clicks an EC-CDR cloud job rehearses per new click
 
 
 def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
@@ -158,9 +170,10 @@ def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
         torch.manual_seed(ctx.seed)
         return IntellectReqModel(ctx.n_items, dim)
 
-    training = TrainingConfig(lr=ctx.lr or 1e-3, l2=ctx.l2 if ctx.l2 is not None else 0.0,
-                              batch_size=ctx.batch_size, epochs=ctx.epochs_per_job,
-                              n_negatives=ctx.train_negatives)
+    # Eq. 6 trains the generator on the global history: each cloud job rehearses
+    # ``EC_CDR_REPLAY`` past clicks per new one (without, the generator learns too little
+    # for its parameters to differ between devices — docs/intellectreq.md)
+    training = cloud_training(ctx, 1e-3, 0.0, replay_ratio=EC_CDR_REPLAY)
     registry = ModelRegistry()
     admission = (RequestAdmission(ctx.request_capacity, ctx.request_queue)
                  if ctx.request_capacity is not None else None)
