@@ -138,6 +138,9 @@ def replay(
     request_budget: Annotated[float, typer.Option(help="share of clicks that may request")] = 0.1,
     request_capacity: Annotated[float | None, typer.Option(
         help="requests per simulated second the cloud can answer (default: unlimited)")] = None,
+    measured_capacity: Annotated[bool, typer.Option(
+        help="also hold requests to what the cloud's measured time per answer can serve "
+             "at the replay's speed (results then depend on the machine)")] = False,
     warmup: Annotated[int, typer.Option(help="clicks per user before scoring starts")] = 5,
     slate_size: Annotated[int, typer.Option(help="slate shown where a log has no exposures")] = 5,
     epochs_per_job: Annotated[int, typer.Option(help="training epochs per cloud job")] = 2,
@@ -167,7 +170,8 @@ def replay(
         runtime=runtime, seed=seed,
         max_events=max_events, start=_timestamp(start), end=_timestamp(end),
         cloud_interval=cloud_interval, upload_interval=upload_interval,
-        request_budget=request_budget, request_capacity=request_capacity, warmup=warmup,
+        request_budget=request_budget, request_capacity=request_capacity,
+        measured_capacity=measured_capacity, warmup=warmup,
         slate_size=slate_size,
         model=_config(ModelConfig, epochs_per_job=epochs_per_job, replay_ratio=replay_ratio,
                       embedding_dim=embedding_dim,

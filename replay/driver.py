@@ -113,6 +113,7 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          request_budget=config.request_budget,
                          request_capacity=config.request_capacity,
                          request_queue=config.request_queue,
+                         measured_capacity=config.measured_capacity,
                          user_features=source.user_features)
 
 

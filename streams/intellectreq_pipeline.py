@@ -26,6 +26,7 @@ generator of the version the device serves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -325,9 +326,10 @@ class ParameterRequestProcessor:
 
 class ThresholdController:
     """Sets the MRS threshold (Eq. 19–20) so the request rate meets what the cloud can
-    afford: the budget share of clicks, and at most ``capacity`` requests per second
-    of event time. The threshold is the q-quantile of recent MRS values (the MRS of the
-    cloud's training pairs); q follows the affordable rate, and is corrected by the
+    afford: the budget share of clicks, at most ``capacity`` requests per second of
+    event time (configured) and, when given one, at most what the service's measured
+    time per answer lets it serve. The threshold is the q-quantile of recent MRS
+    values (the devices' own); q follows the affordable rate, and is corrected by the
     request rate actually seen (more requests than affordable → q shrinks, the
     threshold tightens; fewer → it relaxes)."""
 
@@ -343,15 +345,19 @@ class ThresholdController:
         devices will hold next (an older agent's values are on another scale)."""
         self.recent = np.asarray(mrs, np.float64)
 
-    def affordable(self, clicks: int, seconds: float) -> float:
-        """The share of clicks the cloud can answer over ``seconds`` of event time."""
+    def affordable(self, clicks: int, seconds: float, measured: float | None = None) -> float:
+        """The share of clicks the cloud can answer over ``seconds`` of event time, at
+        its configured capacity and at ``measured`` (requests per event-time second the
+        service's measured time per answer allows)."""
         rate = self.budget
-        if self.capacity is not None and clicks:
-            rate = min(rate, self.capacity * seconds / clicks)
+        for capacity in (self.capacity, measured):
+            if capacity is not None and clicks:
+                rate = min(rate, capacity * seconds / clicks)
         return rate
 
-    def update(self, requests: int, clicks: int, seconds: float, now: int) -> Threshold:
-        target = self.affordable(clicks, seconds)
+    def update(self, requests: int, clicks: int, seconds: float, now: int,
+               measured: float | None = None) -> Threshold:
+        target = self.affordable(clicks, seconds, measured)
         if clicks:   # the sample is the devices' own MRS: q is the affordable share,
             # corrected by how far the share asking missed the last one (within ×/÷ 2)
             seen = max(requests, 1) / clicks
@@ -399,13 +405,24 @@ def mrd_pairs(rec: ECCDR, windows: torch.Tensor, lengths: torch.Tensor,
                     targets_t, labels)
 
 
+def measured_capacity(requests: int, busy_seconds: float, wall_seconds: float,
+                      stream_seconds: float) -> float | None:
+    """Requests per event-time second the service can answer: requests per second it
+    was busy answering them (its measured time per answer) times the wall seconds an
+    event-time second took (1 live; a fraction in a fast replay). None before there is
+    anything to measure."""
+    if requests == 0 or busy_seconds <= 0 or stream_seconds <= 0:
+        return None
+    return requests / busy_seconds * wall_seconds / stream_seconds
+
+
 class IntellectReqCloudJob:
     """Cloud side: click windows, EC-CDR training, request-agent training, threshold."""
 
     def __init__(self, name: str, build_model: Callable[[], IntellectReqModel], n_users: int,
                  max_len: int, training: TrainingConfig, seed: int, registry: ModelRegistry,
                  service: ParameterService, controller: ThresholdController | None,
-                 max_gap: int = 8, score: str = "mrs") -> None:
+                 max_gap: int = 8, score: str = "mrs", measure_capacity: bool = False) -> None:
         if score not in SCORED:
             raise ValueError(f"the threshold is on one of {SCORED}, not {score!r}")
         self.name, self.score = name, score
@@ -423,6 +440,9 @@ class IntellectReqCloudJob:
         self.pending_answers: list[tuple[int, int, int, np.ndarray]] = []
         self.generator = torch.Generator().manual_seed(seed)
         self.last_run: int | None = None   # the last job's time (the stream's start before)
+        # the controller also holds requests to the service's measured capacity
+        self.measure_capacity = measure_capacity
+        self.last_wall = time.perf_counter()
 
     def initial_release(self) -> ModelVersion:
         version = self.registry.publish(self.name, self.model.state_dict())
@@ -437,6 +457,7 @@ class IntellectReqCloudJob:
     def run(self, now: int) -> Outputs | None:
         samples = self.windows.take()
         since = now - self.last_run if self.last_run is not None else 0   # stream seconds
+        wall, self.last_wall = time.perf_counter() - self.last_wall, time.perf_counter()
         self.last_run = now
         if samples is None:
             return None
@@ -448,8 +469,10 @@ class IntellectReqCloudJob:
             if self.score == "mrs":
                 self._train_agent(windows, lengths, targets)
             self.controller.observe(self._device_mrs(windows, lengths, targets, users))
-            threshold = self.controller.update(self.service.take_load(), len(targets),
-                                               since, now)
+            load, busy = self.service.take_load(), self.service.take_busy_seconds()
+            measured = measured_capacity(load, busy, wall, since) \
+                if self.measure_capacity else None
+            threshold = self.controller.update(load, len(targets), since, now, measured)
             emitted.append(msgspec.structs.replace(
                 threshold, admitted=self.service.take_admitted()))
         version = self.registry.publish(self.name, self.model.state_dict())

@@ -59,6 +59,7 @@ class PresetContext:
     request_budget: float = 0.1  # the share of clicks that may request parameters
     request_capacity: float | None = None  # requests per stream second the cloud answers
     request_queue: int = 100      # requests the cloud may hold waiting
+    measured_capacity: bool = False  # hold requests to the service's measured capacity too
     # each user's categorical attributes (age, gender, …), an array per attribute
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -183,7 +184,8 @@ def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
                   if policy in SCORED else None)
     cloud = IntellectReqCloudJob(name, factory, ctx.n_users, ctx.max_len, training, ctx.seed,
                                  registry, service, controller,
-                                 score=policy if policy in SCORED else "mrs")
+                                 score=policy if policy in SCORED else "mrs",
+                                 measure_capacity=ctx.measured_capacity)
     processor = ParameterRequestProcessor(factory, ctx.max_len, policy, ctx.request_budget,
                                           ctx.seed, service.respond)
     processor.on_release(cloud.initial_release(), registry)

@@ -22,6 +22,7 @@ class RequestService:
         self.loaded: int | None = None
         self.requests = self.rejected = self.load = 0
         self.seconds = 0.0
+        self.busy = 0.0   # seconds spent answering since the last take_busy_seconds
         self.lock = threading.Lock()  # a request-server thread answers while jobs read
 
     def load_version(self, version: int) -> bool:
@@ -46,7 +47,9 @@ class RequestService:
             self.requests += len(requests)
             self.load += len(requests)
             self.rejected += sum(a is None for a in answers)
-            self.seconds += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            self.seconds += spent
+            self.busy += spent
         return answers
 
     def summary(self) -> dict[str, float]:
@@ -54,6 +57,13 @@ class RequestService:
         answered = self.requests - self.rejected
         return {"requests": self.requests, "answered": answered,
                 "ms_per_answer": 1000.0 * self.seconds / max(answered, 1)}
+
+    def take_busy_seconds(self) -> float:
+        """Seconds spent answering since the last call (the measured service time of
+        the requests :meth:`take_load` counts)."""
+        with self.lock:
+            busy, self.busy = self.busy, 0.0
+        return busy
 
     def take_load(self) -> int:
         """Requests since the last call (the cloud's load)."""

@@ -17,6 +17,7 @@ from dcrec.streams.intellectreq_pipeline import (
     ParameterService,
     ThresholdController,
     flatten,
+    measured_capacity,
     unflatten,
     window_after,
 )
@@ -185,6 +186,23 @@ def test_the_threshold_tightens_under_load_and_relaxes_when_it_falls() -> None:
     # a cloud that can answer 1 request per hour affords 24 of 1,000 clicks a day
     capped = ThresholdController(budget=0.5, capacity=1 / 3600)
     assert capped.affordable(clicks=1000, seconds=86400) == pytest.approx(0.024)
+
+
+def test_the_measured_service_time_caps_the_affordable_rate() -> None:
+    # 200 answers took 2 s of service time: 100 per busy second; a day of the stream
+    # replayed in 8.64 s of wall time: an event-time second is 1e-4 s, so 0.01/s
+    measured = measured_capacity(200, 2.0, wall_seconds=8.64, stream_seconds=86400)
+    assert measured == pytest.approx(0.01)
+    controller = ThresholdController(budget=0.5, capacity=1.0)
+    # 864 requests affordable a day against 10,000 clicks: 8.64%, under the budget and
+    # under the configured capacity (86,400 a day)
+    assert controller.affordable(10_000, 86400, measured) == pytest.approx(0.0864)
+    assert controller.affordable(10_000, 86400) == 0.5
+    controller.observe(np.linspace(0, 1, 1001))
+    event = controller.update(requests=0, clicks=10_000, seconds=86400, now=0,
+                              measured=measured)
+    assert event.capacity == pytest.approx(0.0864)
+    assert measured_capacity(0, 0.0, 1.0, 1.0) is None   # nothing answered: no measure
 
 
 @pytest.mark.integration
