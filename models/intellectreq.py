@@ -32,6 +32,7 @@ torch.Size([3])
 from __future__ import annotations
 
 import torch
+from dcrec.models.training import ROW_FLOOR
 from torch import nn
 from torch.nn import functional as F
 
@@ -123,3 +124,12 @@ class IntellectReqModel(nn.Module):
     def state_code(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """e = encoder(Ω(s)) ``[N, d]``: what MRD and DM read of a click sequence."""
         return self.agent.encoder(self.rec.user_state(history, lengths))
+
+    @torch.no_grad()
+    def empty_code(self) -> torch.Tensor:
+        """e of the empty click window ``[d]``: the state the generic parameters (the
+        generator on an empty window) were made for, so what a device holding them
+        compares its state against. Computed over ``ROW_FLOOR`` rows, so the device
+        and the cloud get the same bits."""
+        empty = torch.zeros(ROW_FLOOR, 1, dtype=torch.long)
+        return self.state_code(empty, torch.zeros(ROW_FLOOR, dtype=torch.long))[0]
