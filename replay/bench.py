@@ -16,7 +16,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,6 +64,7 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
     import torch
     from dcrec.models.request_baselines import NOVELTY
     from dcrec.replay.driver import preset_context
+    from dcrec.replay.request_costs import p50_p99_ms
     from dcrec.streams.presets import build_pipeline
 
     if config.method not in EDGE_DECISIONS:
@@ -84,15 +84,11 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
             code = model.agent.encoder(model.rec.user_state(window, torch.tensor([width])))
             model.agent.mrs(then, code)
 
-    times = []
+    windows = iter([torch.from_numpy(rng.integers(1, source.n_items + 1, (1, width)))
+                    for _ in range(repeats)])
     with torch.inference_mode():
         decide(torch.ones(1, width, dtype=torch.int64))   # imports and first-call set-up
-        for _ in range(repeats):
-            window = torch.from_numpy(rng.integers(1, source.n_items + 1, (1, width)))
-            started = time.perf_counter()
-            decide(window)
-            times.append((time.perf_counter() - started) * 1000.0)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+        return p50_p99_ms(lambda: decide(next(windows)), repeats)
 
 
 def bench_local(config: ReplayConfig) -> dict:

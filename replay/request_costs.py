@@ -36,7 +36,7 @@ def _params(modules: list[torch.nn.Module]) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def _p50_p99_ms(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+def p50_p99_ms(call: Callable[[], object], repeats: int) -> tuple[float, float]:
     """p50 and p99 wall milliseconds of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
@@ -61,7 +61,7 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
         agent.mrs(then, agent.encoder(rec.user_state(window, length)))
 
     with torch.inference_mode():
-        decision_p50, decision_p99 = _p50_p99_ms(decide, repeats)
+        decision_p50, decision_p99 = p50_p99_ms(decide, repeats)
 
     # the baselines' edge inference (Table 1): a detector fitted on the window's item
     # embeddings and the newest click's score, one device at a time
@@ -72,7 +72,7 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
             novelty(embedded, np.array([max_len]))
 
         decide_baseline()   # imports and first-call set-up
-        baseline_ms[name] = _p50_p99_ms(decide_baseline, repeats)
+        baseline_ms[name] = p50_p99_ms(decide_baseline, repeats)
 
     registry = ModelRegistry()
     version = registry.publish("ir", model.state_dict()).version

@@ -462,7 +462,8 @@ class IntellectReqCloudJob:
     def run(self, now: int) -> Outputs | None:
         samples = self.windows.take()
         since = now - self.last_run if self.last_run is not None else 0   # stream seconds
-        wall, self.last_wall = time.perf_counter() - self.last_wall, time.perf_counter()
+        clock = time.perf_counter()
+        wall, self.last_wall = clock - self.last_wall, clock
         self.last_run = now
         if samples is None:
             return None
