@@ -6,9 +6,12 @@ A device whose dynamic parameters were generated from its sequence at ``t′`` h
 ``e_{t′}``; at ``T`` it has ``e_T`` (both from the static layers Ω of EC-CDR through a
 small encoder). Then
 
-- **MRD** (§3.2.2): ``m = f_MRD([e_{t′}; e_T])`` — a fully connected network trained on
+- **MRD** (§3.2.2): ``m = f_MRD([e_{t′}; e_T; log(1 + T − t′)])`` — a fully connected
+  network (Eq. 9 reads the sequences s_{t′} and s_T, which show how many clicks apart
+  they are; codes of them do not, so the gap is an input) trained on
   labels history gives for free (Eq. 7–9): with parameters from ``t′`` applied at ``T``,
-  was the prediction right (``1[σ(score) ≥ 0.5] == y``)?
+  does the click rank as well as with parameters fresh from ``T``
+  (:func:`mis_recommendation_label`)?
 - **DM** (§3.2.3): a conditional VAE on the device's state — prior ``P(z | e_T)``,
   posterior ``Q(z | e_T, t_v)`` with the clicked item — and a next-item network
   ``r̂ = NPN([e_T; dec(z)])`` scored ``⟨r̂, t_v⟩``; trained by cross-entropy plus
@@ -25,7 +28,7 @@ CVAE whose posterior sees the clicked item; ``u`` enters the combiner as ``log(1
 >>> import torch
 >>> agent = RequestAgentModel(dim=8)
 >>> e_then, e_now = torch.randn(3, 8), torch.randn(3, 8)
->>> agent.mrs(e_then, e_now).shape
+>>> agent.mrs(e_then, e_now, since=torch.tensor([1, 3, 8])).shape
 torch.Size([3])
 """
 
@@ -37,10 +40,20 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def mis_recommendation_label(stale_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: 1 where parameters generated at ``t′`` still predict the click label at
-    ``T`` right (``σ(logit) ≥ 0.5`` equals the label), 0 for a mis-recommendation."""
-    return ((stale_logits >= 0).float() == labels).float()
+def mis_recommendation_label(stale_logits: torch.Tensor,
+                             fresh_logits: torch.Tensor) -> torch.Tensor:
+    """MRD's label (Eq. 8, as revenue): ``(1 + AUC_stale − AUC_fresh) / 2`` per row of
+    candidate logits ``[N, C]`` (the click in column 0, negatives after), where AUC is
+    the share of negatives ranked below the click. 1: the stale parameters rank the
+    click as well as parameters fresh from the current sequence could not — asking
+    would lose; ½: no difference; 0: the stale ones mis-recommend where fresh ones
+    would not — asking pays. Eq. 8 itself marks ``1[σ(stale logit) ≥ 0.5] == y``; that
+    label mostly says how predictable a device is whatever its parameters, so the
+    devices that ask are the hard ones, again and again (docs/intellectreq.md)."""
+    def auc(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, 1:] < logits[:, :1]).float().mean(1)
+
+    return (1 + auc(stale_logits) - auc(fresh_logits)) / 2
 
 
 class DistributionMapper(nn.Module):
@@ -92,22 +105,26 @@ class RequestAgentModel(nn.Module):
     def __init__(self, dim: int, hidden: int = 64, latent: int = 16, samples: int = 10) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim))
-        self.mrd = nn.Sequential(nn.Linear(2 * dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.mrd = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.dm = DistributionMapper(dim, latent)
         self.combine = nn.Linear(2, 1)
         # the n prior draws of Eq. 17, fixed with the model (common random numbers)
         self.register_buffer("noise", torch.randn(samples, latent))
 
-    def mrs_logit(self, e_then: torch.Tensor, e_now: torch.Tensor) -> torch.Tensor:
+    def mrs_logit(self, e_then: torch.Tensor, e_now: torch.Tensor,
+                  since: torch.Tensor) -> torch.Tensor:
         """The logit of MRS for states ``e_then`` (at the parameters' generation) and
-        ``e_now`` ``[N, d]`` (already through :attr:`encoder`)."""
-        m = self.mrd(torch.cat([e_then, e_now], dim=-1)).squeeze(-1)
+        ``e_now`` ``[N, d]`` (already through :attr:`encoder`), ``since`` ``[N]`` clicks
+        apart (what the two sequences of Eq. 9 show and two codes do not)."""
+        staleness = torch.log1p(since.to(e_now.dtype))[:, None]
+        m = self.mrd(torch.cat([e_then, e_now, staleness], dim=-1)).squeeze(-1)
         u = self.dm.uncertainty(e_now, self.noise)
         return self.combine(torch.stack([m, torch.log1p(u)], dim=-1)).squeeze(-1)
 
-    def mrs(self, e_then: torch.Tensor, e_now: torch.Tensor) -> torch.Tensor:
+    def mrs(self, e_then: torch.Tensor, e_now: torch.Tensor,
+            since: torch.Tensor) -> torch.Tensor:
         """MRS in (0, 1): the chance parameters from ``e_then`` still serve ``e_now``."""
-        return torch.sigmoid(self.mrs_logit(e_then, e_now))
+        return torch.sigmoid(self.mrs_logit(e_then, e_now, since))
 
 
 class IntellectReqModel(nn.Module):

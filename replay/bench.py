@@ -73,7 +73,7 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
     model = build_pipeline(config.method, preset_context(config, source)).processor.model
     rng = np.random.default_rng(config.seed)
     width = config.model.max_len
-    then = torch.zeros(1, model.rec.dim)
+    then, since = torch.zeros(1, model.rec.dim), torch.ones(1)
     embedding = model.rec.item_embedding.weight.detach().numpy()
     length = np.array([width])
 
@@ -82,7 +82,7 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
             NOVELTY[config.method](embedding[window.numpy()], length)
         else:
             code = model.agent.encoder(model.rec.user_state(window, torch.tensor([width])))
-            model.agent.mrs(then, code)
+            model.agent.mrs(then, code, since)
 
     windows = iter([torch.from_numpy(rng.integers(1, source.n_items + 1, (1, width)))
                     for _ in range(repeats)])

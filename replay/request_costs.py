@@ -55,10 +55,10 @@ def request_costs(n_items: int, max_len: int = 50, dim: int = 32, seed: int = 0,
     rng = np.random.default_rng(seed)
     window = torch.from_numpy(rng.integers(1, n_items + 1, (1, max_len)))
     length = torch.tensor([max_len])
-    then = torch.zeros(1, dim)
+    then, since = torch.zeros(1, dim), torch.ones(1)
 
     def decide() -> None:
-        agent.mrs(then, agent.encoder(rec.user_state(window, length)))
+        agent.mrs(then, agent.encoder(rec.user_state(window, length)), since)
 
     with torch.inference_mode():
         decision_p50, decision_p99 = p50_p99_ms(decide, repeats)

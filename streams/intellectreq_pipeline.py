@@ -52,6 +52,8 @@ WIRE_DTYPE = np.float16     # generated parameters down
 POLICIES = ("always", "never", "random", "mrs", "drift", "lof", "ocsvm")
 # the agents whose score the cloud thresholds from the budget
 SCORED = ("mrs", "drift", "lof", "ocsvm")
+# negatives per MRD training pair: the label compares ranks, which 4 resolve coarsely
+LABEL_NEGATIVES = 20
 
 
 def window_after(windows: np.ndarray, lengths: np.ndarray,
@@ -83,11 +85,22 @@ def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
     }
 
 
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: every input bit reaches every output bit."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def request_draw(devices: np.ndarray, clicks: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform number per (device, click count), the same in every runtime."""
-    mixed = (devices.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             ^ (clicks.astype(np.uint64) + np.uint64(seed)) * np.uint64(0xBF58476D1CE4E5B9))
-    return ((mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)).astype(np.float64)
+    """A uniform number per (device, click count), independent across clicks and devices
+    and the same in every runtime (a hash, so no generator state to keep in step)."""
+    with np.errstate(over="ignore"):
+        key = _splitmix(devices.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
+        mixed = _splitmix(key ^ clicks.astype(np.uint64))
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 class ParameterService(RequestService):
@@ -278,6 +291,9 @@ class ParameterRequestProcessor:
         after it), and the requests' answers."""
         n = len(dev)
         mrs = np.ones(n)
+        # clicks since the parameters' window (a device on the generic ones: its window)
+        since = np.where(state["asked_len"][dev] > 0,
+                         state["clicks"][dev] - state["asked_at"][dev], after_len)
         if self.policy == "always":   # the bound: every click (budget 0: none, DESIGN.md)
             ask = np.full(n, self.budget > 0)
         elif self.policy == "never":
@@ -285,9 +301,6 @@ class ParameterRequestProcessor:
         elif self.policy == "random":
             ask = request_draw(devices[dev], state["clicks"][dev], self.seed) < self.budget
         elif self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
-            position = state["clicks"][dev]
-            since = np.where(state["asked_len"][dev] > 0, position - state["asked_at"][dev],
-                             after_len)
             embedded = self._embedded(after)
             code = mean_of_last(embedded, after_len, after_len)
             recent = np.minimum(since, after_len)
@@ -302,7 +315,8 @@ class ParameterRequestProcessor:
             then = np.where(state["has_params"][dev, None] == 1, state["code"][dev],
                             self.empty_code[None])
             mrs = self.model.agent.mrs(torch.from_numpy(pad_rows(then)),
-                                       torch.from_numpy(pad_rows(code)))[:n].numpy()
+                                       torch.from_numpy(pad_rows(code)),
+                                       torch.from_numpy(pad_rows(since)))[:n].numpy()
             ask = mrs <= self.threshold
         asking = np.flatnonzero(ask)
         if len(asking) == 0 or self.responder is None:
@@ -380,8 +394,9 @@ class ThresholdController:
 @dataclass(frozen=True)
 class MRDPairs:
     """Training pairs of MRD (Eq. 7–9): the static states at T and at t′ = T − gap, the
-    share of candidates the parameters from t′ still predict right at T (Eq. 8), and
-    the candidates' target embeddings with their labels (the click first)."""
+    label (:func:`mis_recommendation_label`: do the parameters from t′ rank the click
+    at T as well as fresh ones would), and the candidates' target embeddings with
+    their labels (the click first)."""
 
     u_now: torch.Tensor
     u_then: torch.Tensor
@@ -395,19 +410,22 @@ def mrd_pairs(rec: ECCDR, windows: torch.Tensor, lengths: torch.Tensor,
               targets: torch.Tensor, gap: torch.Tensor, negatives: torch.Tensor) -> MRDPairs:
     """The labels history gives for free: for each click (``windows`` before it,
     ``targets``), the window ``gap`` clicks earlier generates the parameters a stale
-    device would hold; applied to the current state, are the click and ``negatives``
-    each predicted right (σ(score) ≥ 0.5 for the click, < 0.5 for a negative)?"""
+    device would hold, the window itself the ones a request now would bring; applied
+    to the current state, how does each rank the click against ``negatives``?"""
     then_len = (lengths - gap).clamp(min=0)
     then = torch.where(torch.arange(windows.shape[1])[None] < then_len[:, None], windows, 0)
     candidates = torch.cat([targets[:, None], negatives], dim=1)
     labels = torch.zeros(candidates.shape)
     labels[:, 0] = 1.0
     u_now, u_then = rec.user_state(windows, lengths), rec.user_state(then, then_len)
-    stale = rec.generate(then, then_len)
     targets_t = rec.target_trans(rec.item_embedding(candidates))
-    logits = torch.einsum("nd,ncd->nc", rec.user_vector(u_now, stale), targets_t)
-    return MRDPairs(u_now, u_then, mis_recommendation_label(logits, labels).mean(1),
-                    targets_t, labels)
+
+    def logits(params: list[torch.Tensor]) -> torch.Tensor:
+        return torch.einsum("nd,ncd->nc", rec.user_vector(u_now, params), targets_t)
+
+    still_right = mis_recommendation_label(logits(rec.generate(then, then_len)),
+                                           logits(rec.generate(windows, lengths)))
+    return MRDPairs(u_now, u_then, still_right, targets_t, labels)
 
 
 def measured_capacity(requests: int, busy_seconds: float, wall_seconds: float,
@@ -519,9 +537,10 @@ class IntellectReqCloudJob:
         embedded = self.model.rec.item_embedding.weight.numpy()
         if self.score in NOVELTY:   # as the device: the newest click among its window
             return NOVELTY[self.score](embedded[after], after_len)
+        # clicks since the parameters' window, as the device counts them
+        since = np.where(then_lengths > 0, positions - asked_at, after_len)
         if self.score == "drift":   # as the device: −D of its clicks since it asked
-            recent = np.minimum(np.where(then_lengths > 0, positions - asked_at, after_len),
-                                after_len)
+            recent = np.minimum(since, after_len)
             anchor = mean_of_last(embedded[then_windows], then_lengths, then_lengths)
             return -window_drift(mean_of_last(embedded[after], after_len, recent), recent,
                                  anchor, then_lengths)
@@ -532,21 +551,23 @@ class IntellectReqCloudJob:
                                        for a in (then_windows, then_lengths)))
         # a device on the generic parameters compares against the empty window's code
         then[torch.from_numpy(then_lengths == 0)] = self.model.empty_code()
-        return agent.mrs(then, now).numpy()
+        return agent.mrs(then, now, torch.from_numpy(since)).numpy()
 
     def _train_agent(self, windows: np.ndarray, lengths: np.ndarray,
                      targets: np.ndarray) -> None:
         """MRD + combiner on the free labels of Eq. 7–9 and DM (Eq. 14–16), EC-CDR
         fixed."""
         rec, agent = self.model.rec, self.model.agent
+        windows, lengths, targets = self._with_rehearsal(windows, lengths, targets)
         n = len(targets)
         # parameters 1 … max_gap clicks old and, one draw in max_gap + 1, the generic
         # ones (from the empty window), which every device holds after a release until
         # it asks: the pairs the agent judges on devices
-        gap = torch.randint(1, self.max_gap + 2, (n,), generator=self.generator)
         lengths_t = torch.from_numpy(lengths.astype(np.int64))
+        gap = torch.randint(1, self.max_gap + 2, (n,), generator=self.generator)
         gap = torch.where(gap > self.max_gap, lengths_t, gap)
-        negatives = torch.randint(1, rec.n_items + 1, (n, self.training.n_negatives),
+        since = torch.minimum(gap, lengths_t)   # a device on the generic ones: its window
+        negatives = torch.randint(1, rec.n_items + 1, (n, LABEL_NEGATIVES),
                                   generator=self.generator)
         pairs = mrd_pairs(rec, torch.from_numpy(windows.astype(np.int64)), lengths_t,
                           torch.from_numpy(targets.astype(np.int64)), gap, negatives)
@@ -558,10 +579,25 @@ class IntellectReqCloudJob:
             for start in range(0, n, self.training.batch_size):
                 i = order[start:start + self.training.batch_size]
                 e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
-                loss = (F.binary_cross_entropy_with_logits(agent.mrs_logit(e_then, e_now),
-                                                           still_right[i])
+                mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
+                loss = (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
                         + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
                 self.agent_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.agent_optimizer.step()
         agent.eval()
+
+    def _with_rehearsal(self, windows: np.ndarray, lengths: np.ndarray,
+                        targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The new clicks and, as EC-CDR's own training rehearses, ``replay_ratio``
+        draws per new click from the recent ones it keeps: a day's clicks alone give
+        the agent a few optimiser steps a day."""
+        recent, ratio = self.trainer.recent, self.training.replay_ratio
+        if not ratio or not recent:
+            return windows, lengths, targets
+        held = len(recent[""])
+        draws = torch.randint(0, held, (min(held, ratio * len(targets)),),
+                              generator=self.generator).numpy()
+        return (np.concatenate([windows, recent["history"][draws]]),
+                np.concatenate([lengths, recent["lengths"][draws]]),
+                np.concatenate([targets, recent[""][draws]]))

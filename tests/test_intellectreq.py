@@ -26,10 +26,14 @@ from dcrec.streams.schema import ParamRequest
 from dcrec.config import ReplayConfig, WorldSettings
 
 
-def test_the_label_marks_predictions_the_stale_parameters_got_wrong() -> None:
-    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
-    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    assert mis_recommendation_label(logits, labels).tolist() == [1.0, 0.0, 0.0, 1.0]
+def test_the_label_says_whether_the_stale_parameters_rank_as_well_as_fresh_ones() -> None:
+    """Per row the click (column 0) against 4 negatives: ½ where stale and fresh rank it
+    alike, below where the fresh ones rank it higher (asking pays), above where the
+    stale ones do."""
+    stale = torch.tensor([[2.0, 1, 0, 3, 4], [2.0, 1, 0, 3, 4], [2.0, 1, 0, 3, 4]])
+    fresh = torch.tensor([[5.0, 1, 0, 6, 7], [5.0, 1, 0, 3, 4], [0.5, 1, 0, 3, 4]])
+    # stale: the click above 2 of 4; fresh: above 2, above 4, above 1
+    assert mis_recommendation_label(stale, fresh).tolist() == [0.5, 0.25, 0.625]
 
 
 def test_uncertainty_is_the_spread_across_prior_samples() -> None:
@@ -76,17 +80,41 @@ def test_mrs_is_a_probability_and_learns_which_devices_drifted() -> None:
     moved = torch.rand(256) < 0.5
     now = torch.where(moved[:, None], torch.randn(256, 8), then + 0.01 * torch.randn(256, 8))
     still_right = (~moved).float()
+    since = torch.ones(256)
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
     for _ in range(200):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            agent.mrs_logit(then, now), still_right)
+            agent.mrs_logit(then, now, since), still_right)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        mrs = agent.mrs(then, now)
+        mrs = agent.mrs(then, now, since)
     assert ((mrs > 0) & (mrs < 1)).all()
     assert mrs[~moved].mean() > 0.8 and mrs[moved].mean() < 0.2
+
+
+def test_mrs_reads_how_many_clicks_old_the_parameters_are() -> None:
+    """The same two codes, parameters 1 or 2 clicks old still right, 8 or more not: MRS
+    tells them apart by the clicks since the parameters' window alone."""
+    torch.manual_seed(0)
+    agent = RequestAgentModel(dim=8, samples=4)
+    then = torch.randn(256, 8)
+    now = then + 0.01 * torch.randn(256, 8)
+    since = torch.where(torch.rand(256) < 0.5, torch.randint(1, 3, (256,)),
+                        torch.randint(8, 50, (256,)))
+    still_right = (since < 3).float()
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            agent.mrs_logit(then, now, since), still_right)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        fresh = agent.mrs(then, now, torch.ones(256))
+        stale = agent.mrs(then, now, torch.full((256,), 30))
+    assert fresh.mean() > 0.8 and stale.mean() < 0.2
 
 
 REPLAY = ReplayConfig(dataset="world", method="ec-cdr", seed=0, request_budget=0.2,
@@ -110,6 +138,23 @@ def test_the_budgeted_agents_request_a_share_of_clicks(method: str) -> None:
     report = run_replay(REPLAY.model_copy(update={"method": method}))
     rate = report["comm"]["request_rate"]
     assert 0.0 < rate < 0.6
+
+
+def test_the_random_agents_draws_are_independent_across_a_devices_clicks() -> None:
+    """``random`` asks at each click with the budget's probability, whatever it did at
+    the click before: no runs of requests, no long silences (a weak hash gave requests
+    every 4th click in bursts)."""
+    from dcrec.streams.intellectreq_pipeline import request_draw
+
+    clicks = np.tile(np.arange(2000), 300)
+    devices = np.repeat(np.arange(300), 2000)
+    asks = (request_draw(devices, clicks, seed=3) < 0.1).reshape(300, 2000)
+    assert asks.mean() == pytest.approx(0.1, abs=0.005)
+    after_an_ask = asks[:, 1:][asks[:, :-1]].mean()
+    assert after_an_ask == pytest.approx(0.1, abs=0.01)
+    for lag in (2, 4, 8):
+        assert asks[:, lag:][asks[:, :-lag]].mean() == pytest.approx(0.1, abs=0.01)
+    assert not np.array_equal(asks[0], asks[1])   # devices do not ask in step
 
 
 def test_lof_of_the_newest_click_is_scikit_learns() -> None:
@@ -226,9 +271,10 @@ def test_the_kafka_runtime_runs_intellectreq_with_the_local_metrics(services) ->
     assert 0 < local["comm"]["requests"] < local["events"]["clicks"]
 
 
-def test_mrd_pairs_hold_the_window_gap_clicks_earlier_and_label_each_candidate() -> None:
+def test_mrd_pairs_hold_the_window_gap_clicks_earlier_and_label_each_pair() -> None:
     """A hand-built case: the stale window is the current one without its last ``gap``
-    clicks, and the label is the share of candidates the stale parameters get right."""
+    clicks, and the label compares how the stale and the fresh parameters (from the
+    current window) rank the click against the negatives."""
     from dcrec.models.ec_cdr import ECCDR
     from dcrec.streams.intellectreq_pipeline import mrd_pairs
 
@@ -236,16 +282,17 @@ def test_mrd_pairs_hold_the_window_gap_clicks_earlier_and_label_each_candidate()
     rec = ECCDR(n_items=20, dim=8)
     windows = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
     lengths, gap = torch.tensor([4, 2]), torch.tensor([2, 5])
+    candidates = torch.tensor([[9, 11, 12], [10, 13, 14]])
     pairs = mrd_pairs(rec, windows, lengths, torch.tensor([9, 10]), gap,
                       torch.tensor([[11, 12], [13, 14]]))
     with torch.no_grad():
-        expected_then = rec.user_state(torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0]]),
-                                       torch.tensor([2, 0]))
-        stale = rec.generate(torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0]]), torch.tensor([2, 0]))
-        scores = rec.score(windows, lengths, torch.tensor([[9, 11, 12], [10, 13, 14]]), stale)
+        then, then_len = torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0]]), torch.tensor([2, 0])
+        expected_then = rec.user_state(then, then_len)
+        stale = rec.score(windows, lengths, candidates, rec.generate(then, then_len))
+        fresh = rec.score(windows, lengths, candidates, rec.generate(windows, lengths))
     torch.testing.assert_close(pairs.u_then, expected_then)
-    right = torch.stack([scores[:, 0] >= 0, scores[:, 1] < 0, scores[:, 2] < 0], 1).float()
-    torch.testing.assert_close(pairs.still_right, right.mean(1))
+    torch.testing.assert_close(pairs.still_right, mis_recommendation_label(stale, fresh))
+    assert pairs.labels[:, 0].tolist() == [1.0, 1.0] and pairs.labels[:, 1:].sum() == 0
 
 
 def test_the_threshold_for_budget_q_is_the_q_quantile_of_the_mrs_sample() -> None:
