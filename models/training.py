@@ -124,12 +124,18 @@ class InputTrainer:
         keep = self.config.replay_capacity
         self.recent = {name: np.concatenate([self.recent[name], array])[-keep:]
                        if self.recent else array[-keep:] for name, array in new.items()}
-        held = len(self.recent[""])
-        draws = torch.randint(0, held, (min(held, self.config.replay_ratio * len(target)),),
-                              generator=self.generator).numpy()
-        mixed = {name: np.concatenate([array, self.recent[name][draws]])
-                 for name, array in new.items()}
+        drawn = self.draw_recent(self.config.replay_ratio * len(target), self.generator)
+        mixed = {name: np.concatenate([array, drawn[name]]) for name, array in new.items()}
         return {name: mixed[name] for name in inputs}, mixed[""]
+
+    def draw_recent(self, count: int, generator: torch.Generator) -> Inputs:
+        """``count`` samples (at most as many as are kept) drawn with replacement from
+        the recent ones, target under ``""``; empty when none are kept."""
+        if not self.recent:
+            return {}
+        held = len(self.recent[""])
+        draws = torch.randint(0, held, (min(held, count),), generator=generator).numpy()
+        return {name: array[draws] for name, array in self.recent.items()}
 
 
 @torch.inference_mode()

@@ -284,6 +284,13 @@ class ParameterRequestProcessor:
         targets = rec.target_trans(rec.item_embedding(c))
         return torch.einsum("nd,ncd->nc", user, targets)[:n].numpy()
 
+    @staticmethod
+    def _clicks_since(state: StateRows, dev: np.ndarray, after_len: np.ndarray) -> np.ndarray:
+        """Clicks since the window the parameters of ``dev`` came from (a device on the
+        generic ones: its whole window)."""
+        return np.where(state["asked_len"][dev] > 0,
+                        state["clicks"][dev] - state["asked_at"][dev], after_len)
+
     def _maybe_request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
                        ts: np.ndarray, after: np.ndarray, after_len: np.ndarray,
                        code: np.ndarray, out: Outputs) -> None:
@@ -291,9 +298,6 @@ class ParameterRequestProcessor:
         after it), and the requests' answers."""
         n = len(dev)
         mrs = np.ones(n)
-        # clicks since the parameters' window (a device on the generic ones: its window)
-        since = np.where(state["asked_len"][dev] > 0,
-                         state["clicks"][dev] - state["asked_at"][dev], after_len)
         if self.policy == "always":   # the bound: every click (budget 0: none, DESIGN.md)
             ask = np.full(n, self.budget > 0)
         elif self.policy == "never":
@@ -303,7 +307,7 @@ class ParameterRequestProcessor:
         elif self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
             embedded = self._embedded(after)
             code = mean_of_last(embedded, after_len, after_len)
-            recent = np.minimum(since, after_len)
+            recent = np.minimum(self._clicks_since(state, dev, after_len), after_len)
             mrs = -window_drift(mean_of_last(embedded, after_len, recent), recent,
                                 state["code"][dev], state["asked_len"][dev])
             ask = mrs <= self.threshold
@@ -314,9 +318,9 @@ class ParameterRequestProcessor:
             # a device on the generic parameters: against the empty window's code
             then = np.where(state["has_params"][dev, None] == 1, state["code"][dev],
                             self.empty_code[None])
-            mrs = self.model.agent.mrs(torch.from_numpy(pad_rows(then)),
-                                       torch.from_numpy(pad_rows(code)),
-                                       torch.from_numpy(pad_rows(since)))[:n].numpy()
+            since = self._clicks_since(state, dev, after_len)
+            then_t, code_t, since_t = (torch.from_numpy(pad_rows(a)) for a in (then, code, since))
+            mrs = self.model.agent.mrs(then_t, code_t, since_t)[:n].numpy()
             ask = mrs <= self.threshold
         asking = np.flatnonzero(ask)
         if len(asking) == 0 or self.responder is None:
@@ -592,12 +596,10 @@ class IntellectReqCloudJob:
         """The new clicks and, as EC-CDR's own training rehearses, ``replay_ratio``
         draws per new click from the recent ones it keeps: a day's clicks alone give
         the agent a few optimiser steps a day."""
-        recent, ratio = self.trainer.recent, self.training.replay_ratio
-        if not ratio or not recent:
+        ratio = self.training.replay_ratio
+        drawn = self.trainer.draw_recent(ratio * len(targets), self.generator) if ratio else {}
+        if not drawn:
             return windows, lengths, targets
-        held = len(recent[""])
-        draws = torch.randint(0, held, (min(held, ratio * len(targets)),),
-                              generator=self.generator).numpy()
-        return (np.concatenate([windows, recent["history"][draws]]),
-                np.concatenate([lengths, recent["lengths"][draws]]),
-                np.concatenate([targets, recent[""][draws]]))
+        return (np.concatenate([windows, drawn["history"]]),
+                np.concatenate([lengths, drawn["lengths"]]),
+                np.concatenate([targets, drawn[""]]))

@@ -71,6 +71,18 @@ def test_the_dm_learns_the_next_item_and_its_kl_stays_finite() -> None:
     assert losses[-1] < 0.7 * losses[0] and all(map(lambda x: x == x, losses))
 
 
+def _fit_mrs(agent: RequestAgentModel, then: torch.Tensor, now: torch.Tensor,
+             since: torch.Tensor, still_right: torch.Tensor) -> None:
+    """200 Adam steps of MRS on ``still_right`` labels."""
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            agent.mrs_logit(then, now, since), still_right)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_mrs_is_a_probability_and_learns_which_devices_drifted() -> None:
     """Trained on pairs labelled by Eq. 8, MRS is high where the state did not move
     and low where it did (so the moved devices request)."""
@@ -81,13 +93,7 @@ def test_mrs_is_a_probability_and_learns_which_devices_drifted() -> None:
     now = torch.where(moved[:, None], torch.randn(256, 8), then + 0.01 * torch.randn(256, 8))
     still_right = (~moved).float()
     since = torch.ones(256)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            agent.mrs_logit(then, now, since), still_right)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit_mrs(agent, then, now, since, still_right)
     with torch.no_grad():
         mrs = agent.mrs(then, now, since)
     assert ((mrs > 0) & (mrs < 1)).all()
@@ -104,13 +110,7 @@ def test_mrs_reads_how_many_clicks_old_the_parameters_are() -> None:
     since = torch.where(torch.rand(256) < 0.5, torch.randint(1, 3, (256,)),
                         torch.randint(8, 50, (256,)))
     still_right = (since < 3).float()
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            agent.mrs_logit(then, now, since), still_right)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    _fit_mrs(agent, then, now, since, still_right)
     with torch.no_grad():
         fresh = agent.mrs(then, now, torch.ones(256))
         stale = agent.mrs(then, now, torch.full((256,), 30))
