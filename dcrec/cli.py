@@ -393,6 +393,10 @@ def eval_(
     world_users: WorldUsers = None,
     world_items: WorldItems = None,
     world_events: WorldEvents = None,
+    negatives: Annotated[str, typer.Option(
+        help="evaluation candidates: 'unclicked' (items the user never clicked, RecBole "
+             "uni100) or 'any' item but the target (RecBole's sequential configs, "
+             "repeatable: True)")] = "unclicked",
     out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path("runs/eval"),
     fresh: Annotated[bool, typer.Option(help="ignore finished runs kept in --out")] = False,
 ) -> None:
@@ -402,6 +406,7 @@ def eval_(
     again resumes, re-using the runs whose settings match."""
     from dcrec.replay.driver import load_log
     from dcrec.replay.offline_runner import (
+        NEGATIVES,
         PROTOCOLS,
         kept_run,
         markdown_table,
@@ -413,6 +418,8 @@ def eval_(
 
     if protocol not in PROTOCOLS:
         _fail(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if negatives not in NEGATIVES:
+        _fail(f"unknown --negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
@@ -424,7 +431,7 @@ def eval_(
         log_ = load_log(dataset, settings, seed=0, columns=mapping, kcore=kcore)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
-    stem = f"{protocol}-{log_.name}"
+    stem = f"{protocol}-{log_.name}" + ("" if negatives == "unclicked" else f"-{negatives}")
     kept = out / stem
     results = []
     with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
@@ -441,18 +448,21 @@ def eval_(
                                 "events": log_.n_events, "method": method, "seed": seed,
                                 "max_epochs": max_epochs, "patience": patience,
                                 **({"embedding_dim": embedding_dim, "lr": lr, "l2": l2}
-                                   if (embedding_dim, lr, l2) != (None, None, None) else {})}
+                                   if (embedding_dim, lr, l2) != (None, None, None) else {}),
+                                **({"negatives": negatives} if negatives != "unclicked"
+                                   else {})}
                 try:
                     results.append(kept_run(
                         kept / f"{method}-seed{seed}.json", settings_key, fresh,
                         lambda m=method, c=ctx, s=seed, f=on_epoch: run_method(
                             log_, protocol, m, s, c, max_epochs=max_epochs,
-                            patience=patience, on_epoch=f)))
+                            patience=patience, on_epoch=f, negatives=negatives)))
                 except ValueError as error:
                     _fail(str(error))
                 bar.update()
     summary = summarise(results)
-    title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}"
+    title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}" + (
+        "" if negatives == "unclicked" else f", negatives from {negatives} item")
     table = markdown_table(summary, title)
     if protocol == "mc2sf":
         from dcrec.replay.mc2sf_offline import ablation_markdown, case_study_markdown

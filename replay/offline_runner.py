@@ -35,6 +35,7 @@ from dcrec.streams.schema import CLICK
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("loo", "mc2sf")
+NEGATIVES = ("unclicked", "any")  # evaluation candidates: see run_method
 SEQUENCE_METHODS = ("gru4rec", "sasrec", "din")
 WHOLE_SEQUENCE_METHODS = ("scn", "cocorrrec")  # state from the first click (CoCorrRec)
 DEVICE_METHODS = ("gru4rec", "river-mf", "mc2sf", "mc2sf-fast")  # every click before the target
@@ -149,8 +150,16 @@ def _train_popularity(split: Split, n_items: int, sampler: NegativeSampler) -> d
 
 def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx: PresetContext,
                max_epochs: int = 50, patience: int = 5, n_negatives: int = 100,
-               on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
-    """Train and test one method with one seed; the result with timings."""
+               on_epoch: Callable[[int, float, float], None] | None = None,
+               negatives: str = "unclicked") -> dict:
+    """Train and test one method with one seed; the result with timings.
+
+    ``negatives`` picks the evaluation candidates (:data:`NEGATIVES`): ``unclicked``
+    items the user never clicked (RecBole's ``uni100`` with ``repeatable: False``), or
+    ``any`` item but the target (RecBole's sequential quick-start config sets
+    ``repeatable: True``, whose sampler excludes only the target)."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}; known: {', '.join(NEGATIVES)}")
     seqs = UserSequences.from_log(log_)
     # the whole-sequence models read a user's entire history, not a window of it
     max_len = int(seqs.lengths.max(initial=1)) if method in WHOLE_SEQUENCE_METHODS \
@@ -158,7 +167,8 @@ def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx:
     split = make_split(protocol, seqs, method, max_len)
     clicks = log_.event == CLICK
     sampler = NegativeSampler.for_log(log_.user[clicks], log_.item[clicks], log_.n_items,
-                                      n_negatives, seed)
+                                      n_negatives, seed) if negatives == "unclicked" \
+        else NegativeSampler(log_.n_items, n_negatives, seed)
     started = time.perf_counter()
     if method in MC2SF_METHODS:
         if protocol != "mc2sf":

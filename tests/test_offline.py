@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.offline import EarlyStopping, UserSequences, loo_split, mc2sf_split
 from dcrec.replay.offline_runner import markdown_table, run_method, summarise
@@ -73,3 +74,18 @@ def test_popularity_runs_end_to_end_and_tabulates(tmp_path):
     assert 0 < summary["popularity"]["HR@10"]["mean"] <= 1
     table = markdown_table(summary, "loo on world")
     assert "popularity" in table and "±" in table
+
+
+def test_negatives_from_any_item_include_the_users_own_clicks():
+    """RecBole's sequential configs (``repeatable: True``) draw negatives from every item
+    but the target, so a user's earlier (popular) clicks compete with it: popularity
+    ranks the target lower than against never-clicked items."""
+    from dcrec.replay.world import World, WorldConfig
+
+    log = World(WorldConfig(n_users=100, n_items=300, n_clusters=5, n_events=20_000)).to_log()
+    ctx = PresetContext(n_users=log.n_users, n_items=log.n_items, seed=0)
+    unclicked = run_method(log, "loo", "popularity", 0, ctx)["test"]
+    anything = run_method(log, "loo", "popularity", 0, ctx, negatives="any")["test"]
+    assert anything["NDCG@10"] < unclicked["NDCG@10"]
+    with pytest.raises(ValueError, match="unknown negatives"):
+        run_method(log, "loo", "popularity", 0, ctx, negatives="popular")
