@@ -131,8 +131,9 @@ class ReplayConfig(_Strict):
         None, gt=0, description="requests per stream second the cloud can answer")
     request_queue: int = Field(100, ge=1, description="requests the cloud may hold waiting")
     measured_capacity: bool = Field(
-        False, description="the threshold also keeps requests within what the service's "
-        "measured time per answer can serve at the run's speed (wall-clock dependent)")
+        False, description="the threshold and the door also keep requests within what the "
+        "service's measured time per answer can serve at the run's speed (wall-clock "
+        "dependent)")
     warmup: int = Field(5, ge=0, description="clicks of a user before their clicks are scored")
     n_negatives: int = Field(100, ge=1)
     micro_batch: int = Field(4096, ge=1)

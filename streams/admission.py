@@ -6,7 +6,9 @@ rather than queued without bound. The tokens missing from a full bucket are the
 requests admitted and not yet worked off (the queue), so the queue never exceeds
 ``queue_bound``. The request agents' threshold (IntellectReq Eq. 19–20) is what keeps
 demand near capacity; admission is what holds the line while the threshold catches up
-with a surge.
+with a surge. With the service's measured capacity on, each cloud job also holds the
+door to what the service was measured to answer (:meth:`hold_to`), never above the
+configured capacity.
 
 >>> door = RequestAdmission(capacity=2.0, queue_bound=2)
 >>> [door.admit(ts=100) for _ in range(3)], door.admit(ts=101)
@@ -23,6 +25,7 @@ class RequestAdmission:
         if capacity <= 0 or queue_bound < 1:
             raise ValueError("capacity must be positive and queue_bound at least 1")
         self.capacity, self.queue_bound = capacity, queue_bound
+        self.configured = capacity
         self.tokens = float(queue_bound)
         self.last_ts: int | None = None
         self.max_queue = 0
@@ -39,6 +42,19 @@ class RequestAdmission:
         self.tokens -= 1.0
         self.max_queue = max(self.max_queue, self.queue)
         return True
+
+    def hold_to(self, measured: float | None) -> None:
+        """Admit at most ``measured`` requests per stream second (the service's measured
+        capacity), never more than configured; None (nothing measured yet): configured.
+
+        >>> door = RequestAdmission(capacity=2.0, queue_bound=1)
+        >>> door.hold_to(0.5); door.capacity
+        0.5
+        >>> door.hold_to(10.0); door.capacity
+        2.0
+        """
+        self.capacity = self.configured if measured is None else min(self.configured,
+                                                                      measured)
 
     @property
     def queue(self) -> int:

@@ -501,6 +501,8 @@ class IntellectReqCloudJob:
             measured = measured_capacity(load, busy, wall, since) \
                 if self.measure_capacity else None
             threshold = self.controller.update(load, len(targets), since, now, measured)
+            if self.measure_capacity and self.service.admission is not None:
+                self.service.admission.hold_to(measured)   # the door holds to it too
             emitted.append(msgspec.structs.replace(
                 threshold, admitted=self.service.take_admitted()))
         version = self.registry.publish(self.name, self.model.state_dict())

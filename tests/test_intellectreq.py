@@ -250,6 +250,32 @@ def test_the_measured_service_time_caps_the_affordable_rate() -> None:
     assert measured_capacity(0, 0.0, 1.0, 1.0) is None   # nothing answered: no measure
 
 
+def test_the_door_holds_to_the_measured_capacity_when_it_is_on() -> None:
+    """With --measured-capacity the door admits no more than the service was measured to
+    answer (here 1 answer per busy second, a day of stream in a fraction of a second of
+    wall time: far below the configured capacity), and the configured capacity again
+    once nothing was measured."""
+    from dcrec.streams.event_batch import EventBatch
+    from dcrec.streams.presets import PresetContext, build_pipeline
+
+    ctx = PresetContext(n_users=3, n_items=30, seed=0, request_capacity=1.0,
+                        measured_capacity=True)
+    pipeline = build_pipeline("intellectreq", ctx)
+    cloud, door = pipeline.cloud, pipeline.service.admission
+    events = EventBatch(np.arange(9), np.repeat([0, 1, 2], 3), np.arange(9) % 30,
+                        np.arange(9), np.ones(9, np.int8))
+    cloud.observe(events)
+    cloud.service.take_load = lambda: 100
+    cloud.service.take_busy_seconds = lambda: 100.0
+    cloud.run(86400)
+    assert 0 < door.capacity < 1e-3 < door.configured == 1.0
+    cloud.observe(EventBatch(np.arange(9, 12), np.array([0, 1, 2]), np.array([3, 4, 5]),
+                             np.full(3, 86500), np.ones(3, np.int8)))
+    cloud.service.take_load = lambda: 0
+    cloud.run(2 * 86400)
+    assert door.capacity == 1.0
+
+
 @pytest.mark.integration
 def test_the_kafka_runtime_runs_intellectreq_with_the_local_metrics(services) -> None:
     """Requests and parameters travel on param.requests / param.responses, thresholds
