@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 METHOD ?= gru4rec
+# each cloud job also rehearses this many past clicks per new one: on ML-100K it lifts
+# gru4rec's NDCG@10 from 0.29 to 0.41 (README, "Measured so far"); 0 for none
+REPLAY_RATIO ?= 4
 REPORT ?= runs/demo-ml-100k.json
 
 .PHONY: demo test setup dev browser lint clean
@@ -37,7 +40,8 @@ browser: $(VENV)/.installed-browser
 
 demo: setup
 	$(BIN)/dcrec data get ml-100k
-	$(BIN)/dcrec replay --dataset ml-100k --method $(METHOD) --seed 0 --report $(REPORT)
+	$(BIN)/dcrec replay --dataset ml-100k --method $(METHOD) --replay-ratio $(REPLAY_RATIO) \
+		--seed 0 --report $(REPORT)
 
 test: dev browser
 	$(BIN)/ruff check .
