@@ -479,8 +479,9 @@ def eval_(
 @app.command("curve")
 def curve(
     dataset: DatasetOption = "world",
-    budgets: Annotated[str, typer.Option(help="comma-separated request budgets")] = (
-        "0.1,0.3,0.5,0.7,0.9"),
+    budgets: Annotated[str, typer.Option(
+        help="comma-separated request budgets (0 and 1 are the ec-cdr-static and ec-cdr "
+             "bounds, always run)")] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
     methods: Annotated[str, typer.Option(help="request agents")] = "intellectreq,random",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
