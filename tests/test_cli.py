@@ -62,6 +62,7 @@ def test_replay_of_a_csv_with_malformed_lines_counts_them(tmp_path):
     (["replay", "--dataset", "world", "--cloud-interval", "soon"], "duration"),
     (["replay", "--dataset", "world", "--columns", "user"], "role=column"),
     (["eval", "--protocol", "kfold", "--dataset", "world"], "unknown protocol"),
+    (["eval", "--negatives", "popular", "--dataset", "world"], "unknown --negatives"),
     (["data", "get", "ml-25m"], "unknown dataset"),
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
