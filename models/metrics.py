@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METRIC_NAMES = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "AUC", "UAUC")
+GROUP_METRIC_NAMES = ("macro-AUC head", "macro-AUC tail")  # see head_and_tail
 
 
 def rank_of_positive(scores: np.ndarray) -> np.ndarray:
@@ -41,6 +42,17 @@ def row_auc(scores: np.ndarray) -> np.ndarray:
     below = np.count_nonzero(negatives < positive, axis=1)
     ties = np.count_nonzero(negatives == positive, axis=1)
     return (below + 0.5 * ties) / negatives.shape[1]
+
+
+def head_and_tail(groups: list[dict]) -> dict[str, float]:
+    """Mean macro-AUC of the more active half of the activity groups (head) and of the
+    less active half (tail: with 20 groups, DCCL's "10 least active groups")."""
+    half = len(groups) // 2
+    if half == 0:
+        return {name: float("nan") for name in GROUP_METRIC_NAMES}
+    aucs = [g["macro_auc"] for g in groups]
+    return {"macro-AUC head": float(np.mean(aucs[:half])),
+            "macro-AUC tail": float(np.mean(aucs[half:]))}
 
 
 def hit_rate_at(ranks: np.ndarray, k: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+from dcrec.models.metrics import head_and_tail
 
 
 def _label(report: dict) -> str:
@@ -25,11 +25,10 @@ def groups_markdown(reports: list[dict]) -> str:
         lines.append(f"| {g + 1} | {first['min_clicks']}–{first['max_clicks']} | "
                      + " | ".join(cells) + " |")
     half = n // 2
-    for name, part in ((f"groups 1–{half} (head)", slice(0, half)),
-                       (f"groups {half + 1}–{n} (tail)", slice(half, n))):
-        cells = [f"{np.mean([g['macro_auc'] for g in r['groups'][:n][part]]):.4f}"
-                 for r in reports]
-        lines.append(f"| {name} | | " + " | ".join(cells) + " |")
+    halves = [head_and_tail(r["groups"][:n]) for r in reports]
+    for label, name in ((f"groups 1–{half} (head)", "macro-AUC head"),
+                        (f"groups {half + 1}–{n} (tail)", "macro-AUC tail")):
+        lines.append(f"| {label} | | " + " | ".join(f"{h[name]:.4f}" for h in halves) + " |")
     return "\n".join(lines) + "\n"
 
 

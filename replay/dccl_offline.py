@@ -126,6 +126,6 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
     scorer = _scorer(model, cloud.metapatches)
     return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
             "valid": evaluate(scorer, split.valid, sampler),
-            "test": evaluate(scorer, split.test, sampler),
+            "test": evaluate(scorer, split.test, sampler, split.activity),
             "metapatch_bytes": int(model.metapatch_dim * 4),
             "phases": {"pretrain": int(pretrain.sum()), "device": int((~pretrain).sum())}}

@@ -184,7 +184,7 @@ def run_mc2sf(method: str, log_, settings: MC2SFSettings, seed: int, sampler: Ne
                           valid=stage["valid"])
             result["test"] = evaluate(
                 lambda s, c: score_inputs(slow, slow_score(slow), test_inputs, c),
-                cloud.test, sampler)
+                cloud.test, sampler, cloud.activity)
             result["case_study"] = _case(slow, slow_score(slow), test_inputs, cloud.test,
                                          clicks, n_items)
             return result
@@ -213,7 +213,7 @@ def run_mc2sf(method: str, log_, settings: MC2SFSettings, seed: int, sampler: Ne
     result.update(best_epoch=stage["best_epoch"], epochs=stage["epochs"], valid=stage["valid"],
                   fast_phase_epochs=settings.fast_phase_epochs)
     result["test"] = evaluate(lambda s, c: score_inputs(fast, fast_score(fast), test_inputs, c),
-                              device.test, sampler)
+                              device.test, sampler, device.activity)
     result["case_study"] = _case(fast, fast_score(fast), test_inputs, device.test, clicks,
                                  n_items)
     return result

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from dcrec.models.metrics import RankingEvaluator
+from dcrec.models.metrics import RankingEvaluator, head_and_tail
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.streams.schema import CLICK
@@ -91,6 +91,7 @@ class Split:
     train: Samples
     valid: Samples
     test: Samples
+    activity: np.ndarray  # clicks per user: the activity groups of the test (DCCL Fig. 4)
 
 
 def _samples(seqs: UserSequences, positions: np.ndarray, history_end: np.ndarray,
@@ -112,7 +113,7 @@ def loo_split(seqs: UserSequences, max_len: int) -> Split:
     train_pos = np.flatnonzero((offsets >= 1) & (offsets < train_limit))
     return Split(_samples(seqs, train_pos, train_pos, max_len),
                  _samples(seqs, valid_pos, valid_pos, max_len),
-                 _samples(seqs, test_pos, test_pos, max_len))
+                 _samples(seqs, test_pos, test_pos, max_len), lengths)
 
 
 def mc2sf_split(seqs: UserSequences, max_len: int, device_model: bool) -> Split:
@@ -134,18 +135,24 @@ def mc2sf_split(seqs: UserSequences, max_len: int, device_model: bool) -> Split:
 
     return Split(_samples(seqs, train_pos, train_pos, max_len),
                  _samples(seqs, valid_pos, history_end(valid_pos), max_len),
-                 _samples(seqs, test_pos, history_end(test_pos), max_len))
+                 _samples(seqs, test_pos, history_end(test_pos), max_len), lengths)
 
 
 Scorer = Callable[[Samples, np.ndarray], np.ndarray]  # (samples, candidates) -> scores
 
 
-def evaluate(scorer: Scorer, samples: Samples, sampler: NegativeSampler) -> dict[str, float]:
-    """Rank each sample's target against its sampled negatives."""
+def evaluate(scorer: Scorer, samples: Samples, sampler: NegativeSampler,
+             activity: np.ndarray | None = None) -> dict[str, float]:
+    """Rank each sample's target against its sampled negatives; with the users'
+    ``activity`` (clicks per user) also the head and tail macro-AUC of the 20 activity
+    groups (:func:`~dcrec.models.metrics.head_and_tail`)."""
     candidates = sampler.sample(samples.key, samples.users, samples.target - 1)
     evaluator = RankingEvaluator()
     evaluator.add(samples.users, scorer(samples, candidates + 1))
-    return evaluator.summary()
+    summary = evaluator.summary()
+    if activity is not None:
+        summary.update(head_and_tail(evaluator.activity_groups(activity)))
+    return summary
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dcrec.models.metrics import METRIC_NAMES
+from dcrec.models.metrics import GROUP_METRIC_NAMES, METRIC_NAMES
 from dcrec.models.training import IncrementalTrainer, WholeSequenceTrainer, score_candidates
 from dcrec.replay.dccl_offline import DCCL_METHODS, run_dccl
 from dcrec.replay.log import InteractionLog
@@ -74,7 +74,7 @@ def _train_sequence_model(method: str, split: Split, ctx: PresetContext,
     model.load_state_dict(stopper.best_state)
     result = {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
               "valid": evaluate(scorer, split.valid, sampler),
-              "test": evaluate(scorer, split.test, sampler)}
+              "test": evaluate(scorer, split.test, sampler, split.activity)}
     if seqs is not None:  # the MC²-SF case study (Fig. 3)
         test = split.test
         result["case_study"] = rank_catalogue(
@@ -111,7 +111,7 @@ def _train_whole_sequence_model(method: str, seqs: UserSequences, split: Split,
     model.load_state_dict(stopper.best_state)
     return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
             "valid": evaluate(scorer, split.valid, sampler),
-            "test": evaluate(scorer, split.test, sampler)}
+            "test": evaluate(scorer, split.test, sampler, split.activity)}
 
 
 def _time_ordered(samples: Samples, seqs: UserSequences) -> np.ndarray:
@@ -135,7 +135,7 @@ def _train_river_mf(split: Split, seqs: UserSequences, n_items: int, seed: int,
                         dtype=np.float32)
 
     return {"valid": evaluate(scorer, split.valid, sampler),
-            "test": evaluate(scorer, split.test, sampler)}
+            "test": evaluate(scorer, split.test, sampler, split.activity)}
 
 
 def _train_popularity(split: Split, n_items: int, sampler: NegativeSampler) -> dict:
@@ -145,7 +145,7 @@ def _train_popularity(split: Split, n_items: int, sampler: NegativeSampler) -> d
         return counts[candidates]
 
     return {"valid": evaluate(scorer, split.valid, sampler),
-            "test": evaluate(scorer, split.test, sampler)}
+            "test": evaluate(scorer, split.test, sampler, split.activity)}
 
 
 def run_method(log_: InteractionLog, protocol: str, method: str, seed: int, ctx: PresetContext,
@@ -241,7 +241,9 @@ def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict
 
 
 def summarise(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and (sample) std of each test metric per method."""
+    """Mean and (sample) std of each test metric per method. The activity groups'
+    macro-AUC appear where every seed's run has them (runs kept from before they were
+    measured do not)."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r["test"] for r in results if r["method"] == method]
@@ -249,17 +251,19 @@ def summarise(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
             name: {"mean": float(np.mean([row[name] for row in rows])),
                    "std": float(np.std([row[name] for row in rows], ddof=1))
                    if len(rows) > 1 else 0.0}
-            for name in METRIC_NAMES
+            for name in (*METRIC_NAMES, *GROUP_METRIC_NAMES) if all(name in r for r in rows)
         }
     return table
 
 
 def markdown_table(summary: dict, title: str) -> str:
     names = [n for n in METRIC_NAMES if n != "UAUC"]
+    names += [n for n in GROUP_METRIC_NAMES if any(n in m for m in summary.values())]
     lines = [f"### {title}", "", "| method | " + " | ".join(names) + " |",
              "| --- |" + " --- |" * len(names)]
     for method, metrics in summary.items():
-        cells = [f"{metrics[n]['mean']:.4f} ± {metrics[n]['std']:.4f}" for n in names]
+        cells = [f"{metrics[n]['mean']:.4f} ± {metrics[n]['std']:.4f}" if n in metrics
+                 else "—" for n in names]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

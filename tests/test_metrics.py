@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from dcrec.models.metrics import (
     RankingEvaluator,
+    head_and_tail,
     hit_rate_at,
     ndcg_at,
     rank_of_positive,
@@ -65,3 +66,20 @@ def test_evaluator_summary_by_hand_and_independent_of_batching():
 
 def test_empty_evaluator_reports_nan_not_zero():
     assert all(math.isnan(v) for v in RankingEvaluator().summary().values())
+
+
+def test_head_and_tail_by_hand():
+    """Four users, one row each, two activity groups: the two most active users are
+    the head, the two least active the tail."""
+    evaluator = RankingEvaluator()
+    # user AUCs: 1.0, 0.5, 0.0, 0.75 (row AUC against four negatives)
+    evaluator.add(np.array([0, 1, 2, 3]), np.array([
+        [5.0, 1.0, 1.0, 1.0, 1.0],
+        [2.0, 1.0, 1.0, 3.0, 3.0],
+        [0.0, 1.0, 1.0, 1.0, 1.0],
+        [2.0, 1.0, 1.0, 1.0, 3.0],
+    ]))
+    activity = np.array([1, 9, 3, 7])  # most active first: users 1, 3 | 2, 0
+    groups = evaluator.activity_groups(activity, n_groups=4)
+    assert [g["macro_auc"] for g in groups] == [0.5, 0.75, 0.0, 1.0]
+    assert head_and_tail(groups) == {"macro-AUC head": 0.625, "macro-AUC tail": 0.5}

@@ -74,6 +74,12 @@ def test_popularity_runs_end_to_end_and_tabulates(tmp_path):
     assert 0 < summary["popularity"]["HR@10"]["mean"] <= 1
     table = markdown_table(summary, "loo on world")
     assert "popularity" in table and "±" in table
+    assert 0 < summary["popularity"]["macro-AUC tail"]["mean"] <= 1
+    # a run kept from before the activity groups were measured shows a dash
+    older = {**results[0], "method": "older", "test": {
+        k: v for k, v in results[0]["test"].items() if not k.startswith("macro-AUC")}}
+    row = markdown_table(summarise([*results, older]), "t").splitlines()[-1]
+    assert row.startswith("| older |") and row.endswith("| — | — |")
 
 
 def test_negatives_from_any_item_include_the_users_own_clicks():
