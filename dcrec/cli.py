@@ -410,6 +410,7 @@ def eval_(
         PROTOCOLS,
         kept_run,
         markdown_table,
+        mean_groups,
         plot_summary,
         run_method,
         summarise,
@@ -471,6 +472,14 @@ def eval_(
         table += "\n" + ablation_markdown(summary)
         table += "\n" + case_study_markdown([r for r in results if r["seed"] == seed_list[0]],
                                             titles)
+    if groups := mean_groups(results):
+        from dcrec.replay.activity_groups import groups_markdown, plot_groups
+
+        table += ("\n### Macro-AUC per activity group (DCCL Fig. 4), mean over seeds\n\n"
+                  + groups_markdown(groups)
+                  + f"\n![macro-AUC per activity group]({stem}-groups.png)\n")
+        plot_groups(groups, out / f"{stem}-groups.png",
+                    f"macro-AUC per activity group, {protocol} on {log_.name}")
     _write_results(out / stem, {"protocol": protocol, "dataset": log_.name,
                                 "seeds": seed_list, "summary": summary, "runs": results},
                    table, lambda path: plot_summary(summary, title, path))

@@ -9,7 +9,8 @@ from dcrec.models.metrics import head_and_tail
 
 
 def _label(report: dict) -> str:
-    return f"{report['method']} (seed {report['seed']})"
+    seeds = str(report["seed"])
+    return f"{report['method']} (seed{'s' if ',' in seeds else ''} {seeds})"
 
 
 def groups_markdown(reports: list[dict]) -> str:

@@ -142,16 +142,18 @@ Scorer = Callable[[Samples, np.ndarray], np.ndarray]  # (samples, candidates) ->
 
 
 def evaluate(scorer: Scorer, samples: Samples, sampler: NegativeSampler,
-             activity: np.ndarray | None = None) -> dict[str, float]:
-    """Rank each sample's target against its sampled negatives; with the users'
-    ``activity`` (clicks per user) also the head and tail macro-AUC of the 20 activity
-    groups (:func:`~dcrec.models.metrics.head_and_tail`)."""
+             activity: np.ndarray | None = None) -> dict:
+    """Rank each sample's target against its sampled negatives: metric name → value.
+    With the users' ``activity`` (clicks per user) also the 20 activity groups'
+    macro-AUC (``groups``, DCCL Fig. 4) and their head and tail means
+    (:func:`~dcrec.models.metrics.head_and_tail`)."""
     candidates = sampler.sample(samples.key, samples.users, samples.target - 1)
     evaluator = RankingEvaluator()
     evaluator.add(samples.users, scorer(samples, candidates + 1))
-    summary = evaluator.summary()
+    summary: dict = evaluator.summary()
     if activity is not None:
-        summary.update(head_and_tail(evaluator.activity_groups(activity)))
+        groups = evaluator.activity_groups(activity)
+        summary.update(head_and_tail(groups), groups=groups)
     return summary
 
 

@@ -256,6 +256,24 @@ def summarise(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
+def mean_groups(results: list[dict]) -> list[dict]:
+    """Per method, the activity groups' macro-AUC averaged over its seeds (DCCL Fig. 4),
+    shaped like replay reports for :mod:`~dcrec.replay.activity_groups`; empty unless
+    every run measured the groups."""
+    if not results or not all("groups" in r["test"] for r in results):
+        return []
+    reports = []
+    for method in dict.fromkeys(r["method"] for r in results):
+        runs = [r for r in results if r["method"] == method]
+        n = min(len(r["test"]["groups"]) for r in runs)
+        groups = [{**runs[0]["test"]["groups"][g],
+                   "macro_auc": float(np.mean([r["test"]["groups"][g]["macro_auc"]
+                                               for r in runs]))} for g in range(n)]
+        reports.append({"method": method, "seed": ",".join(str(r["seed"]) for r in runs),
+                        "groups": groups})
+    return reports
+
+
 def markdown_table(summary: dict, title: str) -> str:
     names = [n for n in METRIC_NAMES if n != "UAUC"]
     names += [n for n in GROUP_METRIC_NAMES if any(n in m for m in summary.values())]

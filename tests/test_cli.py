@@ -128,6 +128,9 @@ def test_eval_keeps_finished_runs_and_resumes_from_them(tmp_path):
     kept = tmp_path / "loo-world" / "popularity-seed1.json"
     data = json.loads(kept.read_text())
     assert (tmp_path / "loo-world.png").exists() and (tmp_path / "loo-world.md").exists()
+    # DCCL Fig. 4 from the same runs: macro-AUC per activity group, averaged over seeds
+    assert (tmp_path / "loo-world-groups.png").exists()
+    assert "| 1 |" in first.output and "popularity (seeds 0,1)" in first.output
     # a kept run is re-used as it is: mark it and see the mark in the table
     data["result"]["test"]["HR@10"] = 2.0 - json.loads(
         (tmp_path / "loo-world" / "popularity-seed0.json").read_text())["result"]["test"]["HR@10"]
