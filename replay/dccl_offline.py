@@ -15,12 +15,20 @@ stay each user's last two clicks, so the numbers compare with every ``loo`` meth
 3. ``dccl`` only: MoMoDistill on the device phase — f from the data and the device
    models (Eq. 5), then Θ and U with f fixed (Eq. 6–7) — and step 2 again.
 
-The ``din`` baseline trains on both phases; with ``pretrain_share = 1`` there is no
-device phase and ``dccl-e`` is ``din`` exactly (a test).
+Two DIN baselines:
+
+- ``din-pretrain``: step 1 alone, tested with θ̂ = 0 — the cloud model of the round
+  that the devices start from, DCCL Table 3's DIN ("without our two modules, the
+  model performance is as DIN").
+- ``din`` (:mod:`~dcrec.replay.offline_runner`): trained on both phases, as if the
+  cloud had every device's clicks at once — more than a round's cloud model knows.
+  With ``pretrain_share = 1`` there is no device phase and ``dccl-e`` is ``din``
+  exactly (a test).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -33,7 +41,7 @@ from dcrec.replay.offline import EarlyStopping, Samples, Split, evaluate
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.dccl_pipeline import DCCLCloudJob, metapatch_steps, profile_matrix
 
-DCCL_METHODS = ("dccl", "dccl-e")
+DCCL_METHODS = ("dccl", "dccl-e", "din-pretrain")
 
 
 def _inputs(cloud: DCCLCloudJob, samples: Samples) -> dict[str, np.ndarray]:
@@ -80,38 +88,66 @@ def _subset(samples: Samples, keep: np.ndarray) -> Samples:
                    samples.users[keep], samples.key[keep])
 
 
+_PRETRAINED: dict[tuple, tuple] = {}  # recent pretraining stages, by run settings
+
+
+def _pretrained(log_: InteractionLog, split: Split, train: Samples, seed: int,
+                sampler: NegativeSampler, embedding_dim: int, training: TrainingConfig,
+                max_epochs: int, patience: int, basis_epochs: int,
+                on_epoch: Callable[[int, float, float], None],
+                ) -> tuple[MetaPatchDIN, DCCLCloudJob, dict]:
+    """Step 1 (Algorithm 1, line 1): f early-stopped on validation, then Θ and U with
+    θ̂ = 0. The same for every method of a seed (distillation starts in the next round),
+    so it is computed once per settings and handed out as a copy."""
+    key = (log_.name, log_.n_events, len(train), seed, embedding_dim, training, max_epochs,
+           patience, basis_epochs)
+    if key not in _PRETRAINED:
+        torch.manual_seed(seed)
+        profiles = profile_matrix(log_.user_features, log_.n_users)
+        model = MetaPatchDIN(log_.n_items, embedding_dim=embedding_dim,
+                             profile_dim=profiles.shape[1])
+        cloud = DCCLCloudJob(model, log_.n_users, split.train.history.shape[1], training,
+                             seed, ModelRegistry(), profiles, distill=False)
+        stopper = EarlyStopping(patience)
+        for epoch in range(max_epochs):                                   # Eq. 4
+            loss = cloud.backbone_trainer.fit(_inputs(cloud, train), train.target, epochs=1)
+            valid = evaluate(_scorer(model, None), split.valid, sampler)
+            on_epoch(epoch, loss, valid["NDCG@10"])
+            if stopper.update(epoch, valid["NDCG@10"], model.backbone.state_dict()):
+                break
+        assert stopper.best_state is not None
+        model.backbone.load_state_dict(stopper.best_state)
+        cloud.learn_basis(_inputs(cloud, train), train.target, basis_epochs)       # Eq. 7
+        cloud.end_round()
+        if len(_PRETRAINED) >= 4:
+            _PRETRAINED.pop(next(iter(_PRETRAINED)))
+        _PRETRAINED[key] = (copy.deepcopy((model, cloud)), torch.get_rng_state(),
+                            {"best_epoch": stopper.best_epoch, "epochs": epoch + 1})
+    (model, cloud), rng_state, stage = _PRETRAINED[key]
+    torch.set_rng_state(rng_state)
+    model, cloud = copy.deepcopy((model, cloud))
+    return model, cloud, dict(stage)
+
+
 def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarray,
              seed: int, sampler: NegativeSampler, embedding_dim: int,
              training: TrainingConfig, max_epochs: int, patience: int,
              on_epoch: Callable[[int, float, float], None], pretrain_share: float = 0.7,
              local_negatives: int = 4, device_epochs: int = 3, device_lr: float = 0.5,
              basis_epochs: int = 2) -> dict:
-    """Train and test ``dccl`` or ``dccl-e`` on ``split``; ``train_ts`` is the time of
-    each training sample's target (see the module docstring)."""
+    """Train and test ``dccl``, ``dccl-e`` or ``din-pretrain`` on ``split``;
+    ``train_ts`` is the time of each training sample's target (see the module
+    docstring)."""
     if method not in DCCL_METHODS:
         raise ValueError(f"unknown DCCL method {method!r}")
-    torch.manual_seed(seed)
-    profiles = profile_matrix(log_.user_features, log_.n_users)
-    model = MetaPatchDIN(log_.n_items, embedding_dim=embedding_dim,
-                         profile_dim=profiles.shape[1])
-    cloud = DCCLCloudJob(model, log_.n_users, split.train.history.shape[1], training, seed,
-                         ModelRegistry(), profiles, distill=method == "dccl")
     order = np.argsort(train_ts, kind="stable")
     pretrain = np.zeros(len(train_ts), bool)
     pretrain[order[:round(pretrain_share * len(order))]] = True
     train, device_phase = _subset(split.train, pretrain), _subset(split.train, ~pretrain)
-    stopper = EarlyStopping(patience)
-    for epoch in range(max_epochs):                                   # Eq. 4
-        loss = cloud.backbone_trainer.fit(_inputs(cloud, train), train.target, epochs=1)
-        valid = evaluate(_scorer(model, None), split.valid, sampler)
-        on_epoch(epoch, loss, valid["NDCG@10"])
-        if stopper.update(epoch, valid["NDCG@10"], model.backbone.state_dict()):
-            break
-    assert stopper.best_state is not None
-    model.backbone.load_state_dict(stopper.best_state)
-    cloud.learn_basis(_inputs(cloud, train), train.target, basis_epochs)       # Eq. 7
-    cloud.end_round()
-    if len(device_phase):
+    model, cloud, stage = _pretrained(log_, split, train, seed, sampler, embedding_dim,
+                                      training, max_epochs, patience, basis_epochs, on_epoch)
+    cloud.distill = method == "dccl"
+    if method != "din-pretrain" and len(device_phase):
         cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
                                         log_.n_items, seed, local_negatives, device_epochs,
                                         device_lr)
@@ -124,7 +160,7 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
                                         log_.n_items, seed + 1, local_negatives,
                                         device_epochs, device_lr)
     scorer = _scorer(model, cloud.metapatches)
-    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
+    return {**stage,
             "valid": evaluate(scorer, split.valid, sampler),
             "test": evaluate(scorer, split.test, sampler, split.activity),
             "metapatch_bytes": int(model.metapatch_dim * 4),
