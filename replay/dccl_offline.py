@@ -3,7 +3,9 @@ with the paper's phases (DCCL appendix: pretraining, device-cloud learning and t
 phases by log time).
 
 The training clicks are cut at a global time: the first ``pretrain_share`` of them
-(by time) are the pretraining phase, the rest the device phase. Validation and test
+(by time) are the pretraining phase, the rest the device phase — by default in halves,
+as the paper does ("we split the training data into two parts on average according to
+the temporal order", §4.2.1; 10 days and 10 days in §4.2.2). Validation and test
 stay each user's last two clicks, so the numbers compare with every ``loo`` method.
 
 1. Pretraining (Algorithm 1, line 1): the backbone f (DIN) on the pretraining phase,
@@ -132,7 +134,7 @@ def _pretrained(log_: InteractionLog, split: Split, train: Samples, seed: int,
 def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarray,
              seed: int, sampler: NegativeSampler, embedding_dim: int,
              training: TrainingConfig, max_epochs: int, patience: int,
-             on_epoch: Callable[[int, float, float], None], pretrain_share: float = 0.7,
+             on_epoch: Callable[[int, float, float], None], pretrain_share: float = 0.5,
              local_negatives: int = 4, device_epochs: int = 3, device_lr: float = 0.5,
              basis_epochs: int = 2) -> dict:
     """Train and test ``dccl``, ``dccl-e`` or ``din-pretrain`` on ``split``;

@@ -94,6 +94,9 @@ def bernoulli_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
             + (1 - p) * (F.logsigmoid(-teacher) - F.logsigmoid(-student)))
 
 
+MAX_GRAD_NORM = 1.0  # a device's metapatch gradient, per step (see metapatch_steps)
+
+
 def metapatch_steps(model: MetaPatchDIN, metapatch: np.ndarray, owner: np.ndarray,
                     history: np.ndarray, item: np.ndarray, label: np.ndarray,
                     weight: np.ndarray, steps: int, lr: float) -> np.ndarray:
@@ -128,7 +131,15 @@ def metapatch_steps(model: MetaPatchDIN, metapatch: np.ndarray, owner: np.ndarra
             (grad,) = torch.autograd.grad(logits, rows, grad_outputs=upstream)
             total = np.zeros_like(metapatch)
             np.add.at(total, index, grad.numpy())
-            metapatch = metapatch - np.float32(lr) * total
+            # the patch is quadratic in θ̂, so a step can run away once Θ has grown:
+            # each device's gradient is clipped to MAX_GRAD_NORM, and a device whose step
+            # still leaves the finite numbers keeps its metapatch
+            norm = np.linalg.norm(total, axis=1, keepdims=True)
+            total = np.where(norm > MAX_GRAD_NORM,
+                             total * (MAX_GRAD_NORM / np.maximum(norm, 1e-30)), total)
+            stepped = metapatch - np.float32(lr) * total.astype(np.float32)
+            metapatch = np.where(np.isfinite(stepped).all(axis=1, keepdims=True), stepped,
+                                 metapatch)
     return metapatch
 
 

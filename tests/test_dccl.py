@@ -14,9 +14,11 @@ from dcrec.state.registry import ModelRegistry
 from dcrec.streams.dccl_pipeline import (
     DCCL_MODEL,
     DCCLCloudJob,
+    MAX_GRAD_NORM,
     MetaPatchProcessor,
     build_dccl,
     clicks_before,
+    metapatch_steps,
 )
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import DeviceBatch
@@ -94,6 +96,30 @@ def test_on_the_device_only_the_metapatch_learns():
     assert rows["samples"].tolist() == [0, 3]
     for name, value in model.state_dict().items():      # f and Θ untouched
         assert torch.equal(value, weights[name]), name
+
+
+def test_a_runaway_metapatch_step_is_clipped_and_never_leaves_the_finite_numbers():
+    """The patch is quadratic in θ̂: with a large basis and a large step, plain gradient
+    descent runs off to inf/NaN within a few steps. Each device's gradient is clipped,
+    so a step moves θ̂ by at most lr · MAX_GRAD_NORM, and the scores stay finite."""
+    model = _model()
+    with torch.no_grad():
+        for basis in model.basis.values():
+            basis.mul_(1000.0)
+    rng = np.random.default_rng(0)
+    owner = np.r_[np.zeros(6, int), np.ones(6, int)]
+    history = rng.integers(1, N_ITEMS, (12, 10))
+    item, label = rng.integers(1, N_ITEMS, 12), np.tile([1.0, 0.0], 6)
+    start = np.full((2, K_HAT), 0.5, np.float32)
+    lr = 100.0
+    out = metapatch_steps(model, start, owner, history, item, label, np.ones(12), 1, lr)
+    assert np.all(np.isfinite(out))
+    assert np.all(np.linalg.norm(out - start, axis=1) <= lr * MAX_GRAD_NORM * (1 + 1e-5))
+    out = metapatch_steps(model, start, owner, history, item, label, np.ones(12), 20, lr)
+    assert np.all(np.isfinite(out))
+    scores = model.score(torch.from_numpy(history), torch.full((12,), 10),
+                         torch.from_numpy(item)[:, None], torch.from_numpy(out[owner]))
+    assert torch.isfinite(scores).all()
 
 
 def test_a_device_scores_a_click_before_it_learns_from_it():
