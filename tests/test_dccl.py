@@ -13,8 +13,8 @@ from dcrec.state.device_state import DeviceStateTable
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.dccl_pipeline import (
     DCCL_MODEL,
-    DCCLCloudJob,
     MAX_GRAD_NORM,
+    DCCLCloudJob,
     MetaPatchProcessor,
     build_dccl,
     clicks_before,
