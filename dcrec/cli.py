@@ -694,10 +694,15 @@ def scale(
         help="the click rate to extrapolate to")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="world and model seed")] = 0,
     out: Annotated[Path, typer.Option(help="folder for JSON, Markdown and PNG")] = Path("runs"),
+    fresh: Annotated[bool, typer.Option(help="ignore finished runs kept in --out")] = False,
 ) -> None:
     """The synthetic world at a million devices through the local runtime, one process
     per method: memory per device and in total, throughput, and bandwidth and cloud
-    cores at a click rate from what the run measured per click."""
+    cores at a click rate from what the run measured per click.
+
+    Each method's finished run is kept under ``--out``; the same command again re-uses
+    the runs whose settings match, so methods can be added one at a time."""
+    from dcrec.replay.offline_runner import kept_run
     from dcrec.replay.scale import extrapolate, markdown, plot, scale_row_in_own_process
     from dcrec.streams.presets import PRESETS
 
@@ -714,7 +719,10 @@ def scale(
     with tqdm(total=len(names), desc="scale", unit="method") as bar:
         for name in names:
             bar.set_postfix_str(name)
-            rows.append(scale_row_in_own_process(config.model_copy(update={"method": name})))
+            run = config.model_copy(update={"method": name})
+            rows.append(kept_run(out / f"scale-{devices}" / f"{name}.json",
+                                 {"config": run.model_dump(mode="json")}, fresh,
+                                 lambda r=run: scale_row_in_own_process(r)))
             bar.update()
     extrapolated = extrapolate(rows, clicks_per_second)
     _write_results(out / f"scale-{devices}", {"rows": rows, "extrapolated": extrapolated,

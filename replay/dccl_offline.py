@@ -12,8 +12,10 @@ stay each user's last two clicks, so the numbers compare with every ``loo`` meth
    early-stopped on validation NDCG@10 with the ``din`` baseline's model, sampler and
    optimiser, then the basis Θ and the encoder U with θ̂ = 0 (Eq. 7).
 2. Devices (MetaPatch, Eq. 3): each user's device-phase clicks are its local samples
-   (label 1), each with ``local_negatives`` sampled items (label 0; the log has no
-   exposures); ``device_epochs`` passes of gradient steps on θ̂ alone.
+   (label 1) and its device-phase exposures the negatives (label 0), each with the
+   clicks before it as history — what the device saw, as in the stream's processor.
+   A log without exposures (ML-100K) gets ``local_negatives`` sampled items per click
+   instead. ``device_epochs`` passes of gradient steps on θ̂ alone.
 3. ``dccl`` only: MoMoDistill on the device phase — f from the data and the device
    models (Eq. 5), then Θ and U with f fixed (Eq. 6–7) — and step 2 again.
 
@@ -39,9 +41,10 @@ from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import TrainingConfig, score_inputs
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
-from dcrec.replay.offline import EarlyStopping, Samples, Split, evaluate
+from dcrec.replay.offline import EarlyStopping, Samples, Split, UserSequences, evaluate
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.dccl_pipeline import DCCLCloudJob, metapatch_steps, profile_matrix
+from dcrec.streams.schema import EXPOSURE
 
 DCCL_METHODS = ("dccl", "dccl-e", "din-pretrain")
 
@@ -62,24 +65,54 @@ def _scorer(model: MetaPatchDIN, metapatches: np.ndarray | None):
     return scorer
 
 
+def device_exposures(log_: InteractionLog, split: Split, device_phase: Samples,
+                     max_len: int) -> Samples | None:
+    """Each user's logged exposures of the device phase (after the phase's first click,
+    before the user's validation click), with the clicks before each as history;
+    ``None`` for a log without exposures."""
+    exposed = np.flatnonzero(log_.event == EXPOSURE)
+    if len(exposed) == 0 or len(device_phase) == 0:
+        return None
+    clicks = UserSequences.from_log(log_)
+    assert clicks.log_index is not None
+    begins = clicks.log_index[device_phase.key].min()
+    ends = np.full(log_.n_users, -1, np.int64)
+    ends[split.valid.users] = clicks.log_index[split.valid.key]
+    user = log_.user[exposed].astype(np.int64)
+    keep = (exposed > begins) & (exposed < ends[user])
+    exposed, user = exposed[keep], user[keep]
+    history, lengths = clicks.windows_before(user, exposed, max_len)
+    return Samples(history, lengths, log_.item[exposed].astype(np.int64) + 1, user, exposed)
+
+
 def personalise(model: MetaPatchDIN, metapatches: np.ndarray, train: Samples, n_items: int,
                 seed: int, local_negatives: int, epochs: int, lr: float,
-                chunk_users: int = 256) -> np.ndarray:
-    """Step 2: every user's θ̂ learns from its own training samples (Eq. 3)."""
+                exposures: Samples | None = None, chunk_users: int = 256) -> np.ndarray:
+    """Step 2: every user's θ̂ learns from its own local samples (Eq. 3): its clicks,
+    and its ``exposures`` as negatives, or ``local_negatives`` sampled items per click
+    when there are none."""
     rng = np.random.default_rng(seed)
-    users = np.unique(train.users)
+    users = np.unique(train.users if exposures is None
+                      else np.r_[train.users, exposures.users])
     out = metapatches.copy()
     for start in range(0, len(users), chunk_users):
         group = users[start:start + chunk_users]
         mine = np.isin(train.users, group)
-        history = train.history[mine]
-        positives = train.target[mine]
-        owner = np.searchsorted(group, train.users[mine])
-        negatives = rng.integers(1, n_items + 1, (len(positives), local_negatives))
-        rows = np.r_[owner, np.repeat(owner, local_negatives)]
-        items = np.r_[positives, negatives.reshape(-1)]
-        labels = np.r_[np.ones(len(positives)), np.zeros(negatives.size)]
-        histories = np.r_[history, np.repeat(history, local_negatives, axis=0)]
+        history, positives, owner = (train.history[mine], train.target[mine],
+                                     np.searchsorted(group, train.users[mine]))
+        if exposures is None:
+            negatives = rng.integers(1, n_items + 1, (len(positives), local_negatives))
+            negative_owner = np.repeat(owner, local_negatives)
+            negative_history = np.repeat(history, local_negatives, axis=0)
+            negatives = negatives.reshape(-1)
+        else:
+            theirs = np.isin(exposures.users, group)
+            negatives, negative_history = exposures.target[theirs], exposures.history[theirs]
+            negative_owner = np.searchsorted(group, exposures.users[theirs])
+        rows = np.r_[owner, negative_owner]
+        items = np.r_[positives, negatives]
+        labels = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+        histories = np.r_[history, negative_history]
         out[group] = metapatch_steps(model, out[group], rows, histories, items, labels,
                                      np.ones(len(rows), np.float32), epochs, lr)
     return out
@@ -149,10 +182,11 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
     model, cloud, stage = _pretrained(log_, split, train, seed, sampler, embedding_dim,
                                       training, max_epochs, patience, basis_epochs, on_epoch)
     cloud.distill = method == "dccl"
+    exposures = device_exposures(log_, split, device_phase, split.train.history.shape[1])
     if method != "din-pretrain" and len(device_phase):
         cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
                                         log_.n_items, seed, local_negatives, device_epochs,
-                                        device_lr)
+                                        device_lr, exposures)
     if method == "dccl" and len(device_phase):                         # MoMoDistill
         inputs = _inputs(cloud, device_phase)
         cloud.backbone_trainer.fit(inputs, device_phase.target, epochs=1)        # Eq. 5
@@ -160,7 +194,7 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
         cloud.end_round()
         cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
                                         log_.n_items, seed + 1, local_negatives,
-                                        device_epochs, device_lr)
+                                        device_epochs, device_lr, exposures)
     scorer = _scorer(model, cloud.metapatches)
     return {**stage,
             "valid": evaluate(scorer, split.valid, sampler),

@@ -246,3 +246,35 @@ def test_the_loo_protocol_trains_and_tests_dccl(monkeypatch):
     assert alone["test"] == din["test"] and alone["valid"] == din["valid"]
     with pytest.raises(ValueError, match="--protocol loo"):
         offline_runner.run_method(log_, "mc2sf", "dccl", 0, ctx, max_epochs=1)
+
+
+def test_a_device_learns_from_its_own_exposures_of_the_device_phase():
+    from dcrec.replay.dccl_offline import _subset, device_exposures
+    from dcrec.replay.log import InteractionLog
+    from dcrec.replay.offline import UserSequences, loo_split
+
+    # user 0 clicks items 1..6 at times 10..60 (train targets 2, 3, 4; valid 5; test 6);
+    # exposures at 15 (pretraining phase), 35 and 45 (device phase), 55 (after the
+    # validation click) and 65; user 1 clicks 7, 8, 9 and has no exposure
+    clicks = [(0, i, 10 * i, CLICK) for i in range(1, 7)] + \
+        [(1, 6 + k, 10 * k + 2, CLICK) for k in range(1, 4)]
+    exposures = [(0, 20, 15, EXPOSURE), (0, 21, 35, EXPOSURE), (0, 24, 45, EXPOSURE),
+                 (0, 22, 55, EXPOSURE), (0, 23, 65, EXPOSURE)]
+    rows = sorted(clicks + exposures, key=lambda r: r[2])
+    user, item, ts, event = (np.array(c) for c in zip(*rows, strict=True))
+    log_ = InteractionLog(name="toy", user=user, item=item, ts=ts, event=event.astype(np.int8),
+                          user_ids=["a", "b"], item_ids=[str(i) for i in range(25)])
+    seqs = UserSequences.from_log(log_)
+    split = loo_split(seqs, max_len=5)
+    device_phase = _subset(split.train, seqs.ts[split.train.key] >= 30)
+    local = device_exposures(log_, split, device_phase, max_len=5)
+    assert local is not None
+    assert local.users.tolist() == [0, 0]
+    assert (local.target - 1).tolist() == [21, 24]       # shifted ids, as click targets
+    assert (local.history - 1).tolist() == [[1, 2, 3, -1, -1], [1, 2, 3, 4, -1]]
+    assert local.lengths.tolist() == [3, 4]
+    clicks_only = InteractionLog(name="clicks", user=user[event == CLICK],
+                                 item=item[event == CLICK], ts=ts[event == CLICK],
+                                 event=event[event == CLICK].astype(np.int8),
+                                 user_ids=["a", "b"], item_ids=[str(i) for i in range(25)])
+    assert device_exposures(clicks_only, split, device_phase, max_len=5) is None

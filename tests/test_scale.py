@@ -14,7 +14,8 @@ from dcrec.cli import app
 runner = CliRunner()
 
 
-def test_scale_reports_memory_per_device_and_extrapolates_per_click(tmp_path) -> None:
+def test_scale_reports_memory_per_device_and_extrapolates_per_click(tmp_path,
+                                                                     monkeypatch) -> None:
     result = runner.invoke(app, ["scale", "--methods", "gru4rec,mc2sf", "--devices", "300",
                                  "--items", "200", "--events", "3000",
                                  "--clicks-per-second", "1000", "--out", str(tmp_path)])
@@ -33,6 +34,19 @@ def test_scale_reports_memory_per_device_and_extrapolates_per_click(tmp_path) ->
         row = rows[e["method"]]
         assert e["down_bytes_per_second"] == pytest.approx(1000 * row["bytes_down_per_click"])
         assert e["cloud_cores"] == pytest.approx(1000 * row["cloud_seconds_per_click"])
+    # each method's run is kept: adding a method re-runs only that one
+    import dcrec.replay.scale as scale_module
+    ran = []
+    real = scale_module.scale_row_in_own_process
+    monkeypatch.setattr(scale_module, "scale_row_in_own_process",
+                        lambda config: ran.append(config.method) or real(config))
+    again = runner.invoke(app, ["scale", "--methods", "gru4rec,mc2sf,river-mf", "--devices",
+                                "300", "--items", "200", "--events", "3000",
+                                "--clicks-per-second", "1000", "--out", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert ran == ["river-mf"]
+    rows_again = json.loads((tmp_path / "scale-300.json").read_text())["rows"]
+    assert rows_again[:2] == data["rows"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
