@@ -604,6 +604,8 @@ def tune(
         optuna_search,
         pareto_front,
         plot,
+        plot_rounds,
+        rounds_markdown,
     )
     from dcrec.streams.presets import PRESETS
 
@@ -638,9 +640,13 @@ def tune(
         except (ValueError, FileNotFoundError) as error:
             _fail(str(error))
     title = f"tuning {method} on {dataset} (seed {seed})"
+    table = markdown(rows, title)
+    if plot_rounds(rows, f"quality per cloud round, {method} on {dataset} (seed {seed})",
+                   stem.parent / f"{stem.name}-rounds.png"):
+        table += rounds_markdown(rows) + f"\n![quality per round]({stem.name}-rounds.png)\n"
     _write_results(stem, {"dataset": dataset, "method": method, "search": search,
                           "trials": rows, "front": pareto_front(rows)},
-                   markdown(rows, title), lambda path: plot(rows, title, path))
+                   table, lambda path: plot(rows, title, path))
 
 
 @app.command("request-costs")

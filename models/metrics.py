@@ -21,6 +21,7 @@ columns are sampled negatives. The true item's rank counts ties against it
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,6 +118,22 @@ class RankingEvaluator:
             "AUC": float(aucs.mean()),
             "UAUC": float(per_user.mean()),
         }
+
+    def segments(self, starts: list[int]) -> list[dict]:
+        """HR@10, NDCG@10 and AUC of the rows between consecutive ``starts`` (row
+        counts, ascending), the first segment from row 0, the last to the end; empty
+        segments are left out. With the row count at each cloud job as ``starts``, the
+        quality of each round's models (DCCL Fig. 5)."""
+        _, ranks, aucs = self._columns()
+        bounds = [0, *starts, len(ranks)]
+        out = []
+        for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            if hi > lo:
+                out.append({"segment": k, "rows": hi - lo,
+                            "HR@10": float(hit_rate_at(ranks[lo:hi], 10).mean()),
+                            "NDCG@10": float(ndcg_at(ranks[lo:hi], 10).mean()),
+                            "AUC": float(aucs[lo:hi].mean())})
+        return out
 
     def activity_groups(self, activity: np.ndarray, n_groups: int = 20) -> list[dict]:
         """Macro-AUC per activity group (DCCL Fig. 4): evaluated users sorted by

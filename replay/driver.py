@@ -117,6 +117,16 @@ def preset_context(config: ReplayConfig, source: ReplaySource) -> PresetContext:
                          user_features=source.user_features)
 
 
+def cloud_rounds(evaluator: RankingEvaluator, job_marks: list[tuple[int, int]]) -> list[dict]:
+    """Quality per cloud round: the clicks served between one cloud job and the next
+    (round 0: before the first job), each with the event time its round began (DCCL
+    Fig. 5)."""
+    started = [None, *(ts for ts, _ in job_marks)]
+    return [{"round": seg["segment"], "from_ts": started[seg["segment"]],
+             "clicks": seg["rows"], **{k: seg[k] for k in ("HR@10", "NDCG@10", "AUC")}}
+            for seg in evaluator.segments([evaluated for _, evaluated in job_marks])]
+
+
 def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
                progress: Callable[[int], None] | None = None,
                kafka: KafkaRuntimeSettings | None = None,
@@ -199,6 +209,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "state_bytes_per_device": runtime.state.bytes_per_device,
         },
         "groups": evaluator.activity_groups(runtime.clicks_seen, config.activity_groups),
+        "rounds": cloud_rounds(evaluator, stats.job_marks),
         # the cloud service answering device requests (CoCorrRec corrections, EC-CDR
         # parameters), called in process here
         **({"cloud_service": pipeline.service.summary()}

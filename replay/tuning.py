@@ -67,7 +67,8 @@ def run_trial(config: ReplayConfig) -> dict:
     return {"metrics": report["metrics"], "uploads": comm["uploads"],
             "requests": comm["requests"], "bytes_up": comm["bytes_up"],
             "bytes_down": comm["bytes_down"], "releases": comm["releases"],
-            "cloud_seconds": perf["cloud_seconds"], "wall_seconds": perf["wall_seconds"]}
+            "cloud_seconds": perf["cloud_seconds"], "wall_seconds": perf["wall_seconds"],
+            "rounds": report.get("rounds", [])}
 
 
 def _row(point: dict, result: dict) -> dict:
@@ -213,6 +214,65 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+ROUND_MIN_CLICKS = 50  # rounds with fewer clicks are left out of the per-round plot
+
+
+def round_thirds(rounds: list[dict]) -> list[float]:
+    """NDCG@10 of a trial's early, middle and late rounds (by round index, thirds of
+    the rounds that served clicks), each weighted by clicks."""
+    parts = np.array_split(np.arange(len(rounds)), 3)
+    return [float(np.average([rounds[k]["NDCG@10"] for k in part],
+                             weights=[rounds[k]["clicks"] for k in part]))
+            if len(part) else float("nan") for part in parts]
+
+
+def rounds_markdown(rows: list[dict]) -> str:
+    """Quality per cloud round (DCCL Fig. 5): each trial's early, middle and late
+    thirds of its rounds; "" when no trial kept its rounds."""
+    rows = [r for r in rows if r.get("rounds")]
+    if not rows:
+        return ""
+    lines = ["", "Quality per cloud round (NDCG@10 of the clicks each round's models "
+             "served, weighted by clicks, over the first, middle and last third of the "
+             "rounds):", "",
+             "| cloud | upload | budget | rounds | early | middle | late |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: (r["cloud_interval"], r["upload_interval"])):
+        early, middle, late = round_thirds(r["rounds"])
+        lines.append(f"| {_duration(r['cloud_interval'])} | {_duration(r['upload_interval'])} "
+                     f"| {r['request_budget']:g} | {len(r['rounds'])} | {early:.4f} "
+                     f"| {middle:.4f} | {late:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rounds(rows: list[dict], title: str, path: Path) -> bool:
+    """NDCG@10 per cloud round, a line per trial (DCCL Fig. 5); False when no trial
+    kept its rounds (nothing written)."""
+    rows = [r for r in rows if r.get("rounds")]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in sorted(rows, key=lambda r: (r["cloud_interval"], r["upload_interval"])):
+        shown = [x for x in r["rounds"] if x["clicks"] >= ROUND_MIN_CLICKS]
+        ax.plot([x["round"] for x in shown], [x["NDCG@10"] for x in shown], marker=".",
+                lw=1, label=f"cloud every {_duration(r['cloud_interval'])}, "
+                            f"upload {_duration(r['upload_interval'])}")
+    ax.set_xlabel("round (cloud jobs so far)")
+    ax.set_ylabel(f"NDCG@10 of the round's clicks (rounds with ≥ {ROUND_MIN_CLICKS})")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def default_jobs() -> int:

@@ -62,6 +62,8 @@ class RunStats:
     device_seconds: float = 0.0
     # MRS thresholds the cloud set, with the demand and load they came from
     thresholds: list[dict] = field(default_factory=list)
+    # each cloud job: (its event time, clicks evaluated before it) — where rounds begin
+    job_marks: list[tuple[int, int]] = field(default_factory=list)
     batch_latency_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -145,6 +147,7 @@ class LocalRuntime:
                     if out is not None:
                         self.meter.outputs(out)
                 self.stats.cloud_jobs += 1
+                self.stats.job_marks.append((self.next_job, self.stats.evaluated))
                 if out is not None:
                     self._deliver(out)
             self.next_job += self.cloud_interval

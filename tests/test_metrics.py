@@ -83,3 +83,16 @@ def test_head_and_tail_by_hand():
     groups = evaluator.activity_groups(activity, n_groups=4)
     assert [g["macro_auc"] for g in groups] == [0.5, 0.75, 0.0, 1.0]
     assert head_and_tail(groups) == {"macro-AUC head": 0.625, "macro-AUC tail": 0.5}
+
+
+def test_segments_split_the_rows_at_the_given_counts_by_hand():
+    evaluator = RankingEvaluator()
+    evaluator.add(np.array([0, 1]), SCORES[:2])       # ranks 1, 2
+    evaluator.add(np.array([2, 3]), SCORES[2:])       # ranks 3, 4
+    # cuts before row 1 and (twice, an empty segment) before row 3
+    segments = evaluator.segments([1, 3, 3])
+    assert [(s["segment"], s["rows"]) for s in segments] == [(0, 1), (1, 2), (3, 1)]
+    assert segments[0]["NDCG@10"] == 1.0
+    assert segments[1]["NDCG@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 2)
+    assert segments[2]["HR@10"] == 1.0 and segments[2]["AUC"] == 0.0
+    assert segments[1]["AUC"] == pytest.approx(np.mean(row_auc(SCORES[1:3])))

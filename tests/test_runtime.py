@@ -3,6 +3,8 @@ it, fires cloud jobs exactly at their simulated times, and is deterministic."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from dcrec.models.metrics import RankingEvaluator
@@ -169,6 +171,19 @@ def test_same_seed_gives_an_identical_report(method):
     assert first["events"]["evaluated"] > 100
     other = _small_world(method, seed=1)
     assert _outcome(run_replay(other, open_source(other))) != _outcome(first)
+
+
+def test_the_report_splits_quality_into_cloud_rounds():
+    config = _small_world("gru4rec")
+    report = run_replay(config, open_source(config))
+    rounds = report["rounds"]
+    assert sum(r["clicks"] for r in rounds) == report["events"]["evaluated"]
+    assert len(rounds) > 2 and max(r["round"] for r in rounds) <= report["comm"]["cloud_jobs"]
+    assert rounds[0]["from_ts"] is None                 # before the first cloud job
+    starts = [r["from_ts"] for r in rounds[1:]]
+    assert all(b - a >= 5 * 86400 for a, b in itertools.pairwise(starts))
+    overall = sum(r["NDCG@10"] * r["clicks"] for r in rounds) / sum(r["clicks"] for r in rounds)
+    assert overall == pytest.approx(report["metrics"]["NDCG@10"])
 
 
 @pytest.mark.parametrize("method", ["popularity", "river-mf"])

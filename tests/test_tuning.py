@@ -46,6 +46,15 @@ def test_tune_runs_trials_in_parallel_keeps_them_and_resumes(tmp_path) -> None:
         assert trial["cost"] == trial["uploads"] + trial["requests"] + trial["cloud_seconds"]
     assert stem.with_suffix(".png").stat().st_size > 0
     assert "More frequent cloud rounds are" in stem.with_suffix(".md").read_text()
+    # quality per cloud round (DCCL Fig. 5): a round per cloud job, every click in one
+    for trial in data["trials"]:
+        rounds = trial["rounds"]
+        assert sum(r["clicks"] for r in rounds) > 0
+        assert [r["round"] for r in rounds] == sorted({r["round"] for r in rounds})
+    daily, every_3 = sorted(data["trials"], key=lambda t: t["cloud_interval"])
+    assert daily["rounds"][-1]["round"] > every_3["rounds"][-1]["round"]
+    assert "Quality per cloud round" in stem.with_suffix(".md").read_text()
+    assert (tmp_path / "tune-world-gru4rec-rounds.png").stat().st_size > 0
     kept = {p.name: p.stat().st_mtime_ns for p in stem.glob("*.json")}
     assert len(kept) == 2
     again = runner.invoke(app, [*args, "--max-trials", "2"])
