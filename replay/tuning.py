@@ -182,6 +182,18 @@ def markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig, ax, title: str, path: Path) -> None:
+    """Title, legend and grid; the figure written to ``path`` and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(rows: list[dict], title: str, path: Path) -> None:
     """Quality against cost, every trial, the Pareto front joined."""
     import matplotlib
@@ -208,12 +220,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set_xlabel("cost: uploads + requests + cloud compute seconds")
     ax.set_ylabel("NDCG@10 (prequential)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, title, path)
 
 
 ROUND_MIN_CLICKS = 50  # rounds with fewer clicks are left out of the per-round plot
@@ -266,12 +273,7 @@ def plot_rounds(rows: list[dict], title: str, path: Path) -> bool:
                             f"upload {_duration(r['upload_interval'])}")
     ax.set_xlabel("round (cloud jobs so far)")
     ax.set_ylabel(f"NDCG@10 of the round's clicks (rounds with ≥ {ROUND_MIN_CLICKS})")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, title, path)
     return True
 
 
