@@ -41,7 +41,7 @@ from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import TrainingConfig, score_inputs
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
-from dcrec.replay.offline import EarlyStopping, Samples, Split, UserSequences, evaluate
+from dcrec.replay.offline import Samples, Split, UserSequences, evaluate, train_early_stopped
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.dccl_pipeline import DCCLCloudJob, metapatch_steps, profile_matrix
 from dcrec.streams.schema import EXPOSURE
@@ -143,21 +143,17 @@ def _pretrained(log_: InteractionLog, split: Split, train: Samples, seed: int,
                              profile_dim=profiles.shape[1])
         cloud = DCCLCloudJob(model, log_.n_users, split.train.history.shape[1], training,
                              seed, ModelRegistry(), profiles, distill=False)
-        stopper = EarlyStopping(patience)
-        for epoch in range(max_epochs):                                   # Eq. 4
-            loss = cloud.backbone_trainer.fit(_inputs(cloud, train), train.target, epochs=1)
-            valid = evaluate(_scorer(model, None), split.valid, sampler)
-            on_epoch(epoch, loss, valid["NDCG@10"])
-            if stopper.update(epoch, valid["NDCG@10"], model.backbone.state_dict()):
-                break
-        assert stopper.best_state is not None
-        model.backbone.load_state_dict(stopper.best_state)
+        stage = train_early_stopped(                                       # Eq. 4
+            model.backbone,
+            lambda: cloud.backbone_trainer.fit(_inputs(cloud, train), train.target, epochs=1),
+            lambda: evaluate(_scorer(model, None), split.valid, sampler)["NDCG@10"],
+            max_epochs, patience, on_epoch)
         cloud.learn_basis(_inputs(cloud, train), train.target, basis_epochs)       # Eq. 7
         cloud.end_round()
         if len(_PRETRAINED) >= 4:
             _PRETRAINED.pop(next(iter(_PRETRAINED)))
         _PRETRAINED[key] = (copy.deepcopy((model, cloud)), torch.get_rng_state(),
-                            {"best_epoch": stopper.best_epoch, "epochs": epoch + 1})
+                            stage)
     (model, cloud), rng_state, stage = _PRETRAINED[key]
     torch.set_rng_state(rng_state)
     model, cloud = copy.deepcopy((model, cloud))

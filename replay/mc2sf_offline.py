@@ -43,7 +43,7 @@ from dcrec.models.mc2sf import (
 )
 from dcrec.models.training import Inputs, InputTrainer, TrainingConfig, score_inputs
 from dcrec.replay.negatives import NegativeSampler
-from dcrec.replay.offline import EarlyStopping, Samples, UserSequences, evaluate, mc2sf_split
+from dcrec.replay.offline import Samples, UserSequences, evaluate, mc2sf_split, train_early_stopped
 from dcrec.streams.schema import EXPOSURE
 
 MC2SF_METHODS = ("mc2sf", "mc2sf-f2s", "mc2sf-fast")
@@ -123,18 +123,10 @@ def _fit(trainer: InputTrainer, train: tuple[Inputs, np.ndarray], valid: Samples
     def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
         return score_inputs(trainer.model, score, valid_inputs, candidates)
 
-    stopper = EarlyStopping(patience)
-    epoch = 0
-    for epoch in range(max_epochs):
-        loss = trainer.fit(*train, epochs=1)
-        ndcg = evaluate(scorer, valid, sampler)["NDCG@10"]
-        on_epoch(epoch, loss, ndcg)
-        if stopper.update(epoch, ndcg, trainer.model.state_dict()):
-            break
-    assert stopper.best_state is not None
-    trainer.model.load_state_dict(stopper.best_state)
-    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
-            "valid": evaluate(scorer, valid, sampler)}
+    stage = train_early_stopped(trainer.model, lambda: trainer.fit(*train, epochs=1),
+                                lambda: evaluate(scorer, valid, sampler)["NDCG@10"],
+                                max_epochs, patience, on_epoch)
+    return {**stage, "valid": evaluate(scorer, valid, sampler)}
 
 
 def _rank_all(score: Callable, model: torch.nn.Module, inputs: Inputs, seen: np.ndarray,

@@ -25,6 +25,7 @@ from dcrec.models.metrics import RankingEvaluator, head_and_tail
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.streams.schema import CLICK
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,22 @@ class EarlyStopping:
         else:
             self.stale += 1
         return self.stale >= self.patience
+
+
+def train_early_stopped(model: nn.Module, fit_epoch: Callable[[], float],
+                        validate: Callable[[], float], max_epochs: int, patience: int,
+                        on_epoch: Callable[[int, float, float], None]) -> dict:
+    """Train ``model`` an epoch at a time (``fit_epoch`` returns the epoch's loss) until
+    validation NDCG@10 (``validate``) has not improved for ``patience`` epochs, then load
+    its best state; returns ``best_epoch`` and ``epochs``."""
+    stopper = EarlyStopping(patience)
+    epoch = 0
+    for epoch in range(max_epochs):
+        loss = fit_epoch()
+        ndcg = validate()
+        on_epoch(epoch, loss, ndcg)
+        if stopper.update(epoch, ndcg, model.state_dict()):
+            break
+    assert stopper.best_state is not None
+    model.load_state_dict(stopper.best_state)
+    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1}

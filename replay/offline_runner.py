@@ -19,13 +19,13 @@ from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.mc2sf_offline import MC2SF_METHODS, MC2SFSettings, rank_catalogue, run_mc2sf
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.replay.offline import (
-    EarlyStopping,
     Samples,
     Split,
     UserSequences,
     evaluate,
     loo_split,
     mc2sf_split,
+    train_early_stopped,
 )
 from dcrec.replay.report import write_json
 from dcrec.streams.presets import PresetContext, sequence_model_factory, training_config
@@ -63,16 +63,12 @@ def _train_sequence_model(method: str, split: Split, ctx: PresetContext,
     def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
         return score_candidates(model, samples.history, samples.lengths, candidates)
 
-    stopper = EarlyStopping(patience)
-    for epoch in range(max_epochs):
-        loss = trainer.fit(split.train.history, split.train.lengths, split.train.target, epochs=1)
-        valid = evaluate(scorer, split.valid, sampler)
-        on_epoch(epoch, loss, valid["NDCG@10"])
-        if stopper.update(epoch, valid["NDCG@10"], model.state_dict()):
-            break
-    assert stopper.best_state is not None
-    model.load_state_dict(stopper.best_state)
-    result = {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
+    stage = train_early_stopped(
+        model, lambda: trainer.fit(split.train.history, split.train.lengths,
+                                   split.train.target, epochs=1),
+        lambda: evaluate(scorer, split.valid, sampler)["NDCG@10"], max_epochs, patience,
+        on_epoch)
+    result = {**stage,
               "valid": evaluate(scorer, split.valid, sampler),
               "test": evaluate(scorer, split.test, sampler, split.activity)}
     if seqs is not None:  # the MC²-SF case study (Fig. 3)
@@ -100,16 +96,11 @@ def _train_whole_sequence_model(method: str, seqs: UserSequences, split: Split,
     def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
         return score_candidates(model, samples.history, samples.lengths, candidates, chunk=64)
 
-    stopper = EarlyStopping(patience)
-    for epoch in range(max_epochs):
-        loss = trainer.fit(sequences, epochs=1)
-        valid = evaluate(scorer, split.valid, sampler)
-        on_epoch(epoch, loss, valid["NDCG@10"])
-        if stopper.update(epoch, valid["NDCG@10"], model.state_dict()):
-            break
-    assert stopper.best_state is not None
-    model.load_state_dict(stopper.best_state)
-    return {"best_epoch": stopper.best_epoch, "epochs": epoch + 1,
+    stage = train_early_stopped(
+        model, lambda: trainer.fit(sequences, epochs=1),
+        lambda: evaluate(scorer, split.valid, sampler)["NDCG@10"], max_epochs, patience,
+        on_epoch)
+    return {**stage,
             "valid": evaluate(scorer, split.valid, sampler),
             "test": evaluate(scorer, split.test, sampler, split.activity)}
 
