@@ -28,6 +28,7 @@ import numpy as np
 
 METRIC_NAMES = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR", "AUC", "UAUC")
 GROUP_METRIC_NAMES = ("macro-AUC head", "macro-AUC tail")  # see head_and_tail
+ROUND_METRICS = ("HR@10", "NDCG@10", "AUC")  # per cloud round (RankingEvaluator.segments)
 
 
 def rank_of_positive(scores: np.ndarray) -> np.ndarray:
@@ -130,9 +131,10 @@ class RankingEvaluator:
         for k, (lo, hi) in enumerate(itertools.pairwise(bounds)):
             if hi > lo:
                 out.append({"segment": k, "rows": hi - lo,
-                            "HR@10": float(hit_rate_at(ranks[lo:hi], 10).mean()),
-                            "NDCG@10": float(ndcg_at(ranks[lo:hi], 10).mean()),
-                            "AUC": float(aucs[lo:hi].mean())})
+                            **dict(zip(ROUND_METRICS, (
+                                float(hit_rate_at(ranks[lo:hi], 10).mean()),
+                                float(ndcg_at(ranks[lo:hi], 10).mean()),
+                                float(aucs[lo:hi].mean())), strict=True))})
         return out
 
     def activity_groups(self, activity: np.ndarray, n_groups: int = 20) -> list[dict]:

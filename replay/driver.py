@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from dcrec.models.metrics import RankingEvaluator
+from dcrec.models.metrics import ROUND_METRICS, RankingEvaluator
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.negatives import NegativeSampler
@@ -123,7 +123,7 @@ def cloud_rounds(evaluator: RankingEvaluator, job_marks: list[tuple[int, int]]) 
     Fig. 5)."""
     started = [None, *(ts for ts, _ in job_marks)]
     return [{"round": seg["segment"], "from_ts": started[seg["segment"]],
-             "clicks": seg["rows"], **{k: seg[k] for k in ("HR@10", "NDCG@10", "AUC")}}
+             "clicks": seg["rows"], **{k: seg[k] for k in ROUND_METRICS}}
             for seg in evaluator.segments([evaluated for _, evaluated in job_marks])]
 
 

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 import redis
 from dcrec.infra.services import endpoints
-from dcrec.models.metrics import METRIC_NAMES, RankingEvaluator
+from dcrec.models.metrics import METRIC_NAMES, ROUND_METRICS, RankingEvaluator
 from dcrec.replay.driver import ReplaySource, open_source, peak_rss_mb, preset_context
 from dcrec.state.device_state import spec_nbytes
 from dcrec.state.redis_store import HEADER, RedisDeviceStore, RunKeys, redis_client
@@ -277,6 +277,33 @@ def applied_progress(client: redis.Redis, run: str,
         report()
 
 
+def _first_ts(source: ReplaySource, config: ReplayConfig) -> int:
+    """The event time of the stream's first event (where the job clock starts)."""
+    first = next(iter(source.batches(config.micro_batch)), None)
+    return int(first.ts[0]) if first is not None and len(first) else 0
+
+
+def served_rounds(totals: dict[str, float], first_ts: int, cloud_interval: int,
+                  cloud_jobs: int) -> list[dict]:
+    """The report's ``rounds`` from the workers' per-round sums (field ``"{t}:{metric}"``,
+    ``t`` the event time the round's serving ended, when the next job fell due): the
+    local runtime's :func:`~dcrec.replay.driver.cloud_rounds`, round ``k`` the clicks
+    served after ``k`` cloud jobs. Jobs fall due every ``cloud_interval`` from one
+    interval after the stream's first event (``JobClock``)."""
+    first_job = first_ts + cloud_interval
+    sums: dict[int, dict[str, float]] = {}
+    for key, value in totals.items():
+        until, name = key.rsplit(":", 1)
+        k = (0 if until == "start" or cloud_jobs == 0
+             else (int(until) - first_job) // cloud_interval)
+        sums.setdefault(k, {}).setdefault(name, 0.0)
+        sums[k][name] += value
+    return [{"round": k, "from_ts": None if k == 0 else first_job + (k - 1) * cloud_interval,
+             "clicks": int(sums[k]["n"]),
+             **{m: sums[k][m] / sums[k]["n"] for m in ROUND_METRICS}}
+            for k in sorted(sums) if sums[k].get("n", 0) > 0]
+
+
 def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: ReplaySource,
                  state_bytes: int, wall: float) -> dict:
     """The replay report (DESIGN.md's contract) from what the run left in Redis."""
@@ -344,6 +371,9 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
             "state_bytes_per_device": state_bytes,
         },
         "groups": evaluator.activity_groups(clicks_seen, config.activity_groups),
+        "rounds": served_rounds(
+            {k.decode(): float(v) for k, v in client.hgetall(keys("eval", "rounds")).items()},
+            _first_ts(source, config), config.cloud_interval, int(cloud.get("cloud_jobs", 0))),
         **({"corrections": correction_report(stats, cloud, correction)}
            if correction or cloud.get("corrections") else {}),
         # mean event time from a cloud job falling due to its outputs reaching devices

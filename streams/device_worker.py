@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import redis
-from dcrec.models.metrics import hit_rate_at, ndcg_at, rank_of_positive, row_auc
+from dcrec.models.metrics import ROUND_METRICS, hit_rate_at, ndcg_at, rank_of_positive, row_auc
 from dcrec.state.click_history import occurrence
 from dcrec.state.redis_registry import RedisModelRegistry
 from dcrec.state.redis_store import RedisDeviceStore, RunKeys
@@ -335,6 +335,14 @@ class DeviceWorker:
                         pipe.hincrby(self.keys("stats"), name, int(value))
                 for name, value in out_stats["eval"].items():
                     pipe.hincrbyfloat(self.keys("eval"), name, float(value))
+                # the slice's clicks by the cloud round that served them: the round
+                # ends at the next job due (DCCL Fig. 5; "start" before the first watermark)
+                served_until = "start" if clock.next_job is None else clock.next_job
+                for name in ("n", *ROUND_METRICS):
+                    if name in out_stats["eval"]:
+                        pipe.hincrbyfloat(self.keys("eval", "rounds"),
+                                          f"{served_until}:{name}",
+                                          float(out_stats["eval"][name]))
                 if out_stats["user_auc"]:
                     for user, (s, n) in out_stats["user_auc"].items():
                         pipe.hincrbyfloat(self.keys("eval", "user_auc"), user, s)

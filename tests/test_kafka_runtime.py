@@ -49,6 +49,12 @@ def _same_metrics(kafka: dict, local: dict) -> None:
         assert kafka["events"][name] == local["events"][name], name
     for name in ("uploads", "bytes_up", "bytes_down", "releases", "hints", "cloud_jobs"):
         assert kafka["comm"][name] == local["comm"][name], name
+    # quality per cloud round: the same rounds, the same clicks in each
+    assert len(local["rounds"]) > 2
+    assert [(r["round"], r["from_ts"], r["clicks"]) for r in kafka["rounds"]] == [
+        (r["round"], r["from_ts"], r["clicks"]) for r in local["rounds"]]
+    for ours, theirs in zip(kafka["rounds"], local["rounds"], strict=True):
+        assert ours["NDCG@10"] == pytest.approx(theirs["NDCG@10"], abs=1e-6)
 
 
 def _states(services: Services, run: str) -> dict[bytes, bytes]:
