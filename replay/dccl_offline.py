@@ -178,7 +178,8 @@ def run_dccl(method: str, log_: InteractionLog, split: Split, train_ts: np.ndarr
     model, cloud, stage = _pretrained(log_, split, train, seed, sampler, embedding_dim,
                                       training, max_epochs, patience, basis_epochs, on_epoch)
     cloud.distill = method == "dccl"
-    exposures = device_exposures(log_, split, device_phase, split.train.history.shape[1])
+    exposures = (None if method == "din-pretrain"  # its devices do not learn
+                 else device_exposures(log_, split, device_phase, split.train.history.shape[1]))
     if method != "din-pretrain" and len(device_phase):
         cloud.metapatches = personalise(model, cloud.metapatches, device_phase,
                                         log_.n_items, seed, local_negatives, device_epochs,

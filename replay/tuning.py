@@ -235,10 +235,16 @@ def round_thirds(rounds: list[dict]) -> list[float]:
             if len(part) else float("nan") for part in parts]
 
 
+def _trials_with_rounds(rows: list[dict]) -> list[dict]:
+    """The trials that kept their rounds, by cloud interval, then upload interval."""
+    return sorted((r for r in rows if r.get("rounds")),
+                  key=lambda r: (r["cloud_interval"], r["upload_interval"]))
+
+
 def rounds_markdown(rows: list[dict]) -> str:
     """Quality per cloud round (DCCL Fig. 5): each trial's early, middle and late
     thirds of its rounds; "" when no trial kept its rounds."""
-    rows = [r for r in rows if r.get("rounds")]
+    rows = _trials_with_rounds(rows)
     if not rows:
         return ""
     lines = ["", "Quality per cloud round (NDCG@10 of the clicks each round's models "
@@ -246,7 +252,7 @@ def rounds_markdown(rows: list[dict]) -> str:
              "rounds):", "",
              "| cloud | upload | budget | rounds | early | middle | late |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in sorted(rows, key=lambda r: (r["cloud_interval"], r["upload_interval"])):
+    for r in rows:
         early, middle, late = round_thirds(r["rounds"])
         lines.append(f"| {_duration(r['cloud_interval'])} | {_duration(r['upload_interval'])} "
                      f"| {r['request_budget']:g} | {len(r['rounds'])} | {early:.4f} "
@@ -257,7 +263,7 @@ def rounds_markdown(rows: list[dict]) -> str:
 def plot_rounds(rows: list[dict], title: str, path: Path) -> bool:
     """NDCG@10 per cloud round, a line per trial (DCCL Fig. 5); False when no trial
     kept its rounds (nothing written)."""
-    rows = [r for r in rows if r.get("rounds")]
+    rows = _trials_with_rounds(rows)
     if not rows:
         return False
     import matplotlib
@@ -266,7 +272,7 @@ def plot_rounds(rows: list[dict], title: str, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in sorted(rows, key=lambda r: (r["cloud_interval"], r["upload_interval"])):
+    for r in rows:
         shown = [x for x in r["rounds"] if x["clicks"] >= ROUND_MIN_CLICKS]
         ax.plot([x["round"] for x in shown], [x["NDCG@10"] for x in shown], marker=".",
                 lw=1, label=f"cloud every {_duration(r['cloud_interval'])}, "
