@@ -499,7 +499,8 @@ def kafka_session(config: ReplayConfig, source: ReplaySource,
                 wait_assigned(client, run, _partitions(settings), processes)
                 if on_start is not None:
                     on_start(run, ends.redis)
-                producer = ReplayProducer(ends.broker, run, _partitions(settings))
+                producer = ReplayProducer(ends.broker, run, _partitions(settings),
+                                          live=bool(settings.speed))
                 yield KafkaSession(run, config, source, settings, client, processes, producer,
                                    spec_nbytes(pipeline.processor.state_spec))
             finally:

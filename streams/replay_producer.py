@@ -20,12 +20,20 @@ from dcrec.streams.topics import CLICKS, DEVICE_TOPICS, EXPOSURES, device_partit
 class ReplayProducer:
     """Sends device events and slice watermarks for one run."""
 
-    def __init__(self, bootstrap: str, namespace: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, namespace: str, partitions: int,
+                 live: bool = False) -> None:
         from kafka import KafkaProducer
 
-        # one request in flight per connection: a retried batch can never overtake the
-        # next one, so per-device order holds without the idempotent producer
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+        # A live run ships each slice whole when its watermark closes it (``watermark``
+        # flushes): a worker applies no event of a slice before the watermark anyway,
+        # and one batch per partition and slice keeps the embedded broker's fetches
+        # cheap — Tansu 0.6's memory storage lists every batch of a partition on each
+        # fetch, so its cost grows with the batches stored (docs/kafka.md).
+        # One request in flight per connection: a retried batch can never overtake the
+        # next one, so per-device order holds without the idempotent producer.
+        self.live = live
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap,
+                                      linger_ms=1_000 if live else 5,
                                       batch_size=256 * 1024, acks=1, enable_idempotence=False,
                                       max_in_flight_requests_per_connection=1)
         self.namespace = namespace
@@ -36,19 +44,24 @@ class ReplayProducer:
         self.last_ts = 0
         self.closed = False
 
-    def event(self, pos: int, device: int, item: int, ts: int, kind: int) -> None:
-        """One click or exposure at stream position ``pos``."""
+    def event(self, pos: int, device: int, item: int, ts: int, kind: int,
+              due_ms: int | None = None) -> None:
+        """One click or exposure at stream position ``pos``; ``due_ms``: the wall time
+        (unix ms) a paced replay meant to send it, its record's timestamp, from which the
+        workers measure latency (default: when it is sent)."""
         if kind == CLICK:
             topic, value = self.clicks, encode(Click(device=device, item=item, ts=ts))
         else:
             topic, value = self.exposures, encode(Exposure(device=device, item=item, ts=ts))
         self.raw(topic, device_partition(device, self.partitions), value,
-                 [("pos", str(pos).encode())], key=str(device).encode())
+                 [("pos", str(pos).encode())], key=str(device).encode(), timestamp_ms=due_ms)
 
     def raw(self, topic: str, partition: int, value: bytes,
-            headers: list[tuple[str, bytes]] | None = None, key: bytes | None = None) -> None:
+            headers: list[tuple[str, bytes]] | None = None, key: bytes | None = None,
+            timestamp_ms: int | None = None) -> None:
         """Any bytes onto a partition (used for hand-made and malformed input too)."""
-        self.producer.send(topic, value, key=key, partition=partition, headers=headers or [])
+        self.producer.send(topic, value, key=key, partition=partition, headers=headers or [],
+                           timestamp_ms=timestamp_ms)
 
     def watermark(self, ts: int, end: bool = False) -> int:
         """Close the current slice on every partition of both device topics; the next
@@ -61,6 +74,8 @@ class ReplayProducer:
                                    headers=headers)
         self.slices += 1
         self.last_ts = max(self.last_ts, int(ts))
+        if self.live:
+            self.producer.flush()
         return self.slices
 
     def close(self) -> None:
@@ -81,6 +96,8 @@ def produce_slices(producer: ReplayProducer, slices: Iterable[EventBatch],
     produced per device."""
     produced: dict[int, int] = {}
     started, origin = time.monotonic(), None
+    to_unix = time.time() - started   # monotonic seconds -> unix seconds
+    paced = speed is not None and 0 < speed < float("inf")
     for batch in slices:
         if len(batch) == 0:
             continue
@@ -89,15 +106,19 @@ def produce_slices(producer: ReplayProducer, slices: Iterable[EventBatch],
         columns = zip(batch.index.tolist(), batch.user.tolist(), batch.item.tolist(),
                       batch.ts.tolist(), batch.event.tolist(), strict=True)
         for pos, device, item, ts, kind in columns:
+            due_ms = None
             if speed:
                 origin = ts if origin is None else origin
-                wait = started + (ts - origin) / speed - time.monotonic()
+                due = started + (ts - origin) / speed
+                wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
                 if time.monotonic() - last_cut >= tick:
                     producer.watermark(ts)
                     last_cut = time.monotonic()
-            producer.event(pos, device, item, ts, kind)
+                if paced:  # latency counts from when the event was due, not sent
+                    due_ms = int((due + to_unix) * 1000)
+            producer.event(pos, device, item, ts, kind, due_ms)
             produced[device] = produced.get(device, 0) + 1
         producer.last_ts = max(producer.last_ts, int(batch.ts[-1]))
         if meter is not None:
