@@ -95,6 +95,33 @@ def run_redis_url(redis_url: str) -> str:
 
 
 @app.command()
+def transport(
+    rate: Annotated[float, typer.Option(help="records per second")] = 600.0,
+    messages: Annotated[int, typer.Option(help="records to send")] = 36_000,
+    linger_ms: Annotated[int, typer.Option(help="the producer's linger")] = 5,
+    fetch_max_wait_ms: Annotated[int, typer.Option(help="the consumer's fetch wait")] = 20,
+    partitions: Annotated[int, typer.Option(help="partitions of the probe topic")] = 4,
+    broker: Annotated[str | None, typer.Option(
+        help="an existing broker (default: an embedded one, started and stopped)")] = None,
+) -> None:
+    """The transport alone: send-to-consumer latency per tenth of the run, no dcrec
+    processing (the floor under `dcrec bench --runtime kafka`), and the embedded
+    broker's CPU time."""
+    from dcrec.infra.broker_probe import transport_latency
+
+    result = transport_latency(rate, messages, linger_ms, fetch_max_wait_ms, partitions,
+                               broker)
+    cpu = result["broker_cpu_seconds"]
+    typer.echo(f"{messages:,} records at {rate:,.0f}/s, linger {linger_ms} ms, fetch wait "
+               f"{fetch_max_wait_ms} ms: {result['wall_seconds']:.1f} s"
+               + (f", broker CPU {cpu:.1f} s" if cpu is not None else "")
+               + f", lost {result['lost']}")
+    for k, tenth in enumerate(result["tenths"]):
+        typer.echo(f"  tenth {k + 1:>2}: p50 {tenth['p50_ms']:7.1f} ms   "
+                   f"p99 {tenth['p99_ms']:7.1f} ms")
+
+
+@app.command()
 def worker(run: RunOption, redis_url: RedisOption = "",
            metrics_port: MetricsPortOption = None) -> None:
     """A device worker (faust agent keyed by device id) of a kafka run; start more to

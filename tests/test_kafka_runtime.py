@@ -298,3 +298,13 @@ def test_a_slice_that_waited_across_a_rebalance_is_abandoned_not_committed(servi
         worker.offer(topic, 0, entry)
     assert len(asyncio.run(worker.drain())) == 3
     assert read_progress(worker.client, RunKeys(run), [0])[0].next_slice == 1
+
+
+def test_the_transport_probe_receives_every_record_it_sends(services):
+    from dcrec.infra.broker_probe import transport_latency
+
+    result = transport_latency(rate=1000.0, messages=2000, bootstrap=services.broker.url)
+    assert result["lost"] == 0
+    assert result["broker_cpu_seconds"] is None   # not the probe's own broker
+    assert len(result["tenths"]) == 10
+    assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in result["tenths"])
