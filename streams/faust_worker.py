@@ -105,7 +105,8 @@ def consumer_state(app: faust.App) -> str:
     try:
         fetch = consumer._thread._ensure_consumer()._subscription.subscription.assignment
         positions = {(tp.topic.rsplit(".", 1)[-1], tp.partition):
-                     (state.position if state.has_valid_position else None, state.paused)
+                     (state.position if state.has_valid_position else None, state.paused,
+                      highwater(app, tp.topic, tp.partition))
                      for tp, state in fetch._tp_state.items()}
     except Exception as error:  # a driver without these attributes: say so
         positions = {"unavailable": repr(error)}
@@ -113,7 +114,7 @@ def consumer_state(app: faust.App) -> str:
             f"paused {tps(consumer._paused_partitions)}, "
             f"buffer-full {tps(consumer._buffered_partitions)}, "
             f"flow {'on' if consumer.flow_active else 'off'}, "
-            f"fetch (position, paused) {positions}")
+            f"fetch (position, paused, end) {positions}")
 
 
 def attach_device_agent(app: faust.App, namespace: str, partitions: int,

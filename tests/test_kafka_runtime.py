@@ -108,9 +108,13 @@ def test_a_worker_killed_mid_run_restarts_to_the_same_state(services, clean_run,
         report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services),
                                   timeout=420, while_running=kill_one_worker)
     except TimeoutError as error:
-        # Known, rare (not seen in 14 runs of 2026-11-24, 3 of a few on 2026-11-23): the
-        # replacement worker waits for one partition's slice forever. What each worker
-        # waited for and its consumer's state are logged after a minute without progress.
+        # Known, rare (not seen in 14 runs of 2026-11-24, 3 of a few on 2026-11-23, 1 of
+        # 4 on 2026-11-25 with two other jobs on the machine, when *both* workers waited
+        # after the second rebalance): a worker waits for one partition's slice forever.
+        # What each worker waited for and its consumer's state — fetch position and the
+        # partition's end, which tell a fetch the broker left empty (position < end)
+        # from messages read and lost (position = end) — are logged after a minute
+        # without progress.
         stalls = [line.strip() for log in (Path("runs") / "kafka" / killed["run"]).glob(
             "worker-*.log") for line in log.read_text(errors="replace").splitlines()
             if "no slice committed" in line]
