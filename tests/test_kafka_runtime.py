@@ -312,3 +312,16 @@ def test_the_transport_probe_receives_every_record_it_sends(services):
     assert result["broker_cpu_seconds"] is None   # not the probe's own broker
     assert len(result["tenths"]) == 10
     assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in result["tenths"])
+
+
+def test_a_live_replay_applies_every_event_once(services, local_report):
+    """Paced at wall-clock speed, each slice shipped as one batch when its watermark
+    closes it: every event applied once, events counted as in event time."""
+    settings = _settings(services).model_copy(update={"speed": 1_000_000.0})
+    report = run_kafka_replay(CONFIG, open_source(CONFIG), settings, timeout=900)
+    counters = report["kafka"]["device_counters"]
+    assert counters["events_applied"] == counters["events_produced"] == 6000
+    assert counters["mismatched_devices"] == 0
+    for name in ("clicks", "exposures", "evaluated"):
+        assert report["events"][name] == local_report["events"][name], name
+    assert 0 < report["perf"]["p50_ms"] <= report["perf"]["p99_ms"]
