@@ -32,7 +32,7 @@ def _produce(bootstrap: str, topic: str, rate: float, messages: int, linger_ms: 
     start = time.perf_counter()
     for i in range(messages):
         wait = start + i / rate - time.perf_counter()
-        if wait > 0:
+        if wait > 0:  # paced: record i is due i / rate seconds after the start
             time.sleep(wait)
         producer.send(topic, _RECORD.pack(i, time.time()), key=str(i % 1000).encode())
     producer.flush()

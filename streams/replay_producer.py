@@ -111,7 +111,7 @@ def produce_slices(producer: ReplayProducer, slices: Iterable[EventBatch],
                 origin = ts if origin is None else origin
                 due = started + (ts - origin) / speed
                 wait = due - time.monotonic()
-                if wait > 0:
+                if wait > 0:  # a live run sends each event when it is due at ``speed``
                     time.sleep(wait)
                 if time.monotonic() - last_cut >= tick:
                     producer.watermark(ts)
