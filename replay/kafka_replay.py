@@ -385,6 +385,8 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
             for raw in client.zrange(keys("cloud", "thresholds"), 0, -1)]) else {}),
         "release_lag_seconds": (stats.get("release_lag_seconds", 0)
                                 / max(stats.get("releases_applied", 0), 1)),
+        # offsets a worker found missing from the broker (streams.read_continuity)
+        "offsets_lost": stats.get("offsets_lost", 0),
         "config": config.model_dump(),
     }
 
@@ -446,6 +448,7 @@ class KafkaSession:
         report["kafka"] = {"run": self.run, "workers": self.settings.workers,
                            "partitions": self.partitions, "slices": end_slice,
                            "release_lag_seconds": report.pop("release_lag_seconds"),
+                           "offsets_lost": report.pop("offsets_lost"),
                            "mode": "event-time" if speed == 0 else f"live x{speed:g}"}
         if produced is not None:
             applied = {d: int(h["events"]) for d, h in RedisDeviceStore(

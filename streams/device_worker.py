@@ -15,7 +15,8 @@ micro-batch — with exactly the processor the local runtime runs:
 
 After a crash the consumer may deliver messages again: those before the committed
 offsets are skipped, and a device's last applied stream position makes re-applying an
-event a no-op.
+event a no-op. Messages the consumer skips are read again
+(:mod:`dcrec.streams.read_continuity`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from dcrec.streams.device_messages import (
 from dcrec.streams.live_metrics import Meter
 from dcrec.streams.local_runtime import CandidateSampler
 from dcrec.streams.processor import DeviceBatch, DeviceProcessor
+from dcrec.streams.read_continuity import Continuity, ReadContinuity
 from dcrec.streams.run_keys import Progress, latency_buckets, progress_keys, read_progress
 from dcrec.streams.schema import (
     CLICK,
@@ -80,6 +82,9 @@ class Offered(enum.Enum):
     DONE = "done"            # already reflected in the committed state: acknowledge now
     NOT_OWNED = "not owned"  # a partition this worker does not own (any more): leave it
     #                          unacknowledged — its owner reads it from the committed offset
+    REPEAT = "repeat"  # buffered already, or due again after a seek back: leave it
+    GAP = "gap"        # messages before it never arrived: seek the consumer back to
+    #                    :meth:`DeviceWorker.expected_offset` (see streams.read_continuity)
 
 
 @dataclass
@@ -113,7 +118,8 @@ class WorkerConfig:
 
 @dataclass
 class PartitionBuffer:
-    entries: dict[str, deque[Entry]] = field(default_factory=dict)
+    entries: dict[str, deque[Entry]]
+    continuity: ReadContinuity
     closed: dict[str, int] = field(default_factory=dict)  # highest marker slice seen
     end: int | None = None  # the slice number of the end marker: no slice follows
 
@@ -139,6 +145,7 @@ class DeviceWorker:
         self.buffers: dict[int, PartitionBuffer] = {}
         self.loaded: dict[str, int] = {}
         self.skipped = 0
+        self.draining = False  # inside drain(): a slice is being processed
         # bumped on every change of ownership: a slice whose processing awaited across a
         # rebalance is abandoned, not committed with buffers that are no longer current
         self.ownership_epoch = 0
@@ -155,7 +162,9 @@ class DeviceWorker:
             done = await self._redis(lambda: read_progress(self.client, self.keys, new))
             for p, progress in zip(new, done, strict=True):
                 self.progress[p] = progress
-                self.buffers[p] = PartitionBuffer({t: deque() for t in self.topics.values()})
+                self.buffers[p] = PartitionBuffer(
+                    {t: deque() for t in self.topics.values()},
+                    ReadContinuity({t: progress.offsets.get(t) for t in self.topics.values()}))
             owner = f"{socket.gethostname()}:{os.getpid()}"
             await self._redis(lambda: self.client.hset(self.keys("owners"),
                                                        mapping=dict.fromkeys(new, owner)))
@@ -195,6 +204,11 @@ class DeviceWorker:
             self.skipped += 1
             return Offered.DONE
         buffer = self.buffers[partition]
+        continuity = buffer.continuity.check(name, entry.offset, time.monotonic())
+        if continuity is Continuity.GAP:
+            return Offered.GAP
+        if continuity is not Continuity.NEXT:
+            return Offered.REPEAT
         entry.received_ms = time.time() * 1000.0
         entry.marker = marker_slice(entry.value, entry.headers)
         buffer.entries[name].append(entry)
@@ -203,6 +217,32 @@ class DeviceWorker:
             if entry.marker[2]:
                 buffer.end = entry.marker[0]
         return Offered.KEPT
+
+    def expected_offset(self, topic: str, partition: int) -> int:
+        """The next offset of ``topic`` the worker must see on ``partition``."""
+        return self.buffers[partition].continuity.expected.get(self.topics[topic]) or 0
+
+    def skip_to(self, topic: str, partition: int, log_start: int) -> None:
+        """The broker's log of ``topic`` on ``partition`` starts at ``log_start``."""
+        self.buffers[partition].continuity.skip_to(self.topics[topic], log_start)
+
+    def resync(self, end: Callable[[str, int], int | None]) -> dict[tuple[str, int], int]:
+        """Where to seek back, for each (topic, partition) the worker waits on that has
+        had nothing for a while though the broker's ``end(topic, partition)`` is past the
+        next offset to see — messages lost on the way at the tail, which no later message
+        reveals as a gap. Not while a slice is being processed."""
+        waiting = None if self.draining else self.waiting_on()
+        if waiting is None:
+            return {}
+        now = time.monotonic()
+        seeks = {}
+        for p, names in waiting[1].items():
+            continuity = self.buffers[p].continuity
+            for full, name in self.topics.items():
+                if name in names and continuity.idle_behind(name, end(full, p), now):
+                    seeks[(full, p)] = continuity.seek_back(
+                        name, now, f"idle on partition {p} with the broker ahead")
+        return seeks
 
     def finished(self, end_slice: int) -> bool:
         return bool(self.progress) and all(p.next_slice >= end_slice
@@ -236,8 +276,12 @@ class DeviceWorker:
         """Process every slice that is complete; the handles of the messages whose
         effects are now committed."""
         handles: list[Any] = []
-        while group := self._ready_group():
-            handles.extend(await self._process_group(group))
+        self.draining = True
+        try:
+            while group := self._ready_group():
+                handles.extend(await self._process_group(group))
+        finally:
+            self.draining = False
         return handles
 
     # --- one slice ---------------------------------------------------------------------
@@ -317,6 +361,9 @@ class DeviceWorker:
         pending_raw, (devices, header, rows), out_stats = await self._run_batch(
             decoded, new_hints, k)
         out_stats["counters"].update(lag)
+        # offsets the broker no longer had (see read_continuity): counted, never silent
+        out_stats["counters"]["offsets_lost"] += sum(
+            self.buffers[p].continuity.take_lost() for p in group if p in self.buffers)
 
         def commit() -> bool:
             # WATCH the group's progress keys: a commit retried after a lost EXEC reply,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import faust
+from aiokafka.errors import IllegalStateError
 from dcrec.streams.device_worker import DeviceWorker, Entry, Offered
 from dcrec.streams.topics import DEVICE_TOPICS, topic_name
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -92,6 +93,7 @@ def highwater(app: faust.App, topic: str, partition: int) -> int | None:
 
 STALL_SECONDS = 60.0        # a worker owning partitions with no slice done for this long
 STALL_CHECK_SECONDS = 15.0  # logs what it waits for and its consumer's state, this often
+RESYNC_CHECK_SECONDS = 5.0  # how often a waiting worker checks for a lost tail
 
 
 def consumer_state(app: faust.App) -> str:
@@ -140,6 +142,32 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
     async def _assigned(sender, assigned, **_) -> None:
         await worker().assign({tp.partition for tp in assigned if tp.topic in names})
 
+    async def seek_back(seeks: dict[tuple[str, int], int]) -> None:
+        """Make the consumer read again from each (topic, partition)'s offset (faust's
+        own read offset too: it drops anything below it), or from the log's start where
+        retention removed the offset."""
+        consumer = app.consumer
+        targets = {TP(t, p): offset for (t, p), offset in seeks.items()
+                   if TP(t, p) in consumer.assignment()}
+        if not targets:
+            return
+        try:
+            starts = await consumer.earliest_offsets(*targets)
+            for tp, start in starts.items():
+                if start > targets[TP(tp.topic, tp.partition)]:
+                    worker().skip_to(tp.topic, tp.partition, start)
+                    targets[TP(tp.topic, tp.partition)] = start
+            await consumer.seek_wait(targets)
+        except (TimeoutError, IllegalStateError) as error:  # a rebalance meanwhile
+            log.warning("seek back to %s failed (%r); the resync check retries", targets,
+                        error)
+
+    @app.timer(RESYNC_CHECK_SECONDS)
+    async def _resync() -> None:
+        core = holder.get("worker")
+        if core is not None:
+            await seek_back(core.resync(lambda t, p: highwater(app, t, p)))
+
     @app.timer(STALL_CHECK_SECONDS)
     async def _report_stall() -> None:
         core = holder.get("worker")
@@ -162,6 +190,9 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
             offered = core.offer(message.topic, message.partition, entry)
             if offered is Offered.DONE:
                 await manual.ack(event)
+            if offered is Offered.GAP:  # messages before it were lost on the way
+                await seek_back({(message.topic, message.partition): core.expected_offset(
+                    message.topic, message.partition)})
             if offered is not Offered.KEPT:
                 continue
             if entry.marker is None:
