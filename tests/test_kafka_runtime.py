@@ -129,6 +129,39 @@ def test_a_worker_killed_mid_run_restarts_to_the_same_state(services, clean_run,
     assert restarted == clean  # every device's state, byte for byte
 
 
+def test_messages_the_consumer_lost_are_read_again(services, local_report, monkeypatch):
+    """Workers whose consumer drops a click mid-stream and a partition's last message
+    (tests/lossy_worker.py) seek back and finish with the local runtime's results."""
+    import subprocess
+    import sys
+
+    from dcrec.replay import kafka_replay
+
+    spawn = kafka_replay.spawn_role
+
+    def lossy(role: str, run: str, redis_url: str, log_dir: Path, threads: int = 1,
+              metrics_port: int = 0) -> subprocess.Popen:
+        if role != "worker":
+            return spawn(role, run, redis_url, log_dir, threads, metrics_port)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(log_dir / f"worker-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("lossy_worker.py")), "worker",
+             "--run", run, "--redis", redis_url, "--metrics-port", str(metrics_port)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "DCREC_THREADS": "1"})
+
+    monkeypatch.setattr(kafka_replay, "spawn_role", lossy)
+    report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=300)
+    _same_metrics(report, local_report)
+    assert report["kafka"]["device_counters"]["mismatched_devices"] == 0
+    assert report["kafka"]["offsets_lost"] == 0
+    logs = (Path("runs") / "kafka" / report["kafka"]["run"]).glob("worker-*.log")
+    seeks = [line for log in logs for line in log.read_text(errors="replace").splitlines()
+             if "reading again" in line]
+    assert any("never arrived" in line for line in seeks)   # the hole mid-stream
+    assert any("idle on partition 1" in line for line in seeks)  # the lost tail
+
+
 def test_redis_stopped_and_restarted_mid_run_loses_nothing(services, local_report):
     outage = {}
 
