@@ -223,8 +223,10 @@ class DeviceWorker:
         return self.buffers[partition].continuity.expected.get(self.topics[topic]) or 0
 
     def skip_to(self, topic: str, partition: int, log_start: int) -> None:
-        """The broker's log of ``topic`` on ``partition`` starts at ``log_start``."""
-        self.buffers[partition].continuity.skip_to(self.topics[topic], log_start)
+        """The broker's log of ``topic`` on ``partition`` starts at ``log_start`` (a
+        partition revoked meanwhile is its next owner's to skip)."""
+        if partition in self.buffers:
+            self.buffers[partition].continuity.skip_to(self.topics[topic], log_start)
 
     def resync(self, end: Callable[[str, int], int | None]) -> dict[tuple[str, int], int]:
         """Where to seek back, for each (topic, partition) the worker waits on that has

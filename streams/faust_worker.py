@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import faust
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import KafkaError
 from dcrec.streams.device_worker import DeviceWorker, Entry, Offered
 from dcrec.streams.topics import DEVICE_TOPICS, topic_name
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -158,7 +158,7 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
                     worker().skip_to(tp.topic, tp.partition, start)
                     targets[TP(tp.topic, tp.partition)] = start
             await consumer.seek_wait(targets)
-        except (TimeoutError, IllegalStateError) as error:  # a rebalance meanwhile
+        except (TimeoutError, KafkaError) as error:  # a rebalance meanwhile, or the broker
             log.warning("seek back to %s failed (%r); the resync check retries", targets,
                         error)
 
