@@ -106,7 +106,7 @@ def test_a_worker_killed_mid_run_restarts_to_the_same_state(services, clean_run,
 
     try:
         report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services),
-                                  timeout=420, while_running=kill_one_worker)
+                                  timeout=300, while_running=kill_one_worker)
     except TimeoutError as error:
         # Was known and rare (not seen in 14 runs of 2026-11-24; 3 of a few on
         # 2026-11-23; 2 of ~10 on 2026-11-25, under load): both workers waited for a
