@@ -175,9 +175,13 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
             return
         waiting = core.waiting_on()
         if waiting is not None and any(waiting[1].values()):
-            log.warning("no slice committed for %.0f s: waiting for slice %d of %s; %s",
-                        time.monotonic() - core.advanced_at, waiting[0], waiting[1],
-                        consumer_state(app))
+            # the next offset the worker must see, beside the consumer's fetch position:
+            # position past it means messages lost on the way (read again by _resync)
+            expected = {(t.rsplit(".", 1)[-1], p): core.expected_offset(t, p)
+                        for t in names for p in waiting[1]}
+            log.warning("no slice committed for %.0f s: waiting for slice %d of %s; "
+                        "next offsets to see %s; %s", time.monotonic() - core.advanced_at,
+                        waiting[0], waiting[1], expected, consumer_state(app))
 
     @app.agent(topic, concurrency=1, name="devices")
     async def devices(stream) -> None:
