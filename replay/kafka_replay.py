@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,16 +150,20 @@ def run_cloud(run: str, redis_url: str, metrics_port: int | None = None) -> None
                      Meter(config.method)).run()
 
 
+DCREC_CLI = (sys.executable, "-c", "from dcrec.cli import app; app()")
+
+
 def spawn_role(role: str, run: str, redis_url: str, log_dir: Path, threads: int = 1,
-               metrics_port: int = 0) -> subprocess.Popen:
-    """Start ``dcrec worker`` or ``dcrec cloud`` for a run as a child process using
-    ``threads`` torch threads, its ``/metrics`` at ``metrics_port`` (0: a free port)."""
+               metrics_port: int = 0, program: Sequence[str] = DCREC_CLI) -> subprocess.Popen:
+    """Start ``dcrec worker`` or ``dcrec cloud`` (``program`` followed by the role's
+    arguments) for a run as a child process using ``threads`` torch threads, its
+    ``/metrics`` at ``metrics_port`` (0: a free port)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / f"{role}-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
     env = {**os.environ, "DCREC_THREADS": str(threads)}
     return subprocess.Popen(
-        [sys.executable, "-c", "from dcrec.cli import app; app()", role, "--run", run,
-         "--redis", redis_url, "--metrics-port", str(metrics_port)],
+        [*program, role, "--run", run, "--redis", redis_url,
+         "--metrics-port", str(metrics_port)],
         stdout=out, stderr=subprocess.STDOUT, env=env)
 
 

@@ -154,9 +154,9 @@ def attach_device_agent(app: faust.App, namespace: str, partitions: int,
         try:
             starts = await consumer.earliest_offsets(*targets)
             for tp, start in starts.items():
-                if start > targets[TP(tp.topic, tp.partition)]:
+                if start > targets[tp]:  # the broker's TopicPartition equals faust's TP
                     worker().skip_to(tp.topic, tp.partition, start)
-                    targets[TP(tp.topic, tp.partition)] = start
+                    targets[tp] = start
             await consumer.seek_wait(targets)
         except (TimeoutError, KafkaError) as error:  # a rebalance meanwhile, or the broker
             log.warning("seek back to %s failed (%r); the resync check retries", targets,

@@ -138,17 +138,12 @@ def test_messages_the_consumer_lost_are_read_again(services, local_report, monke
     from dcrec.replay import kafka_replay
 
     spawn = kafka_replay.spawn_role
+    lossy_worker = (sys.executable, str(Path(__file__).with_name("lossy_worker.py")))
 
     def lossy(role: str, run: str, redis_url: str, log_dir: Path, threads: int = 1,
               metrics_port: int = 0) -> subprocess.Popen:
-        if role != "worker":
-            return spawn(role, run, redis_url, log_dir, threads, metrics_port)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(log_dir / f"worker-{time.monotonic_ns()}.log", "ab")  # noqa: SIM115
-        return subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("lossy_worker.py")), "worker",
-             "--run", run, "--redis", redis_url, "--metrics-port", str(metrics_port)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "DCREC_THREADS": "1"})
+        program = lossy_worker if role == "worker" else kafka_replay.DCREC_CLI
+        return spawn(role, run, redis_url, log_dir, threads, metrics_port, program)
 
     monkeypatch.setattr(kafka_replay, "spawn_role", lossy)
     report = run_kafka_replay(CONFIG, open_source(CONFIG), _settings(services), timeout=300)
