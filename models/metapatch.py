@@ -10,11 +10,17 @@ response (Houlsby-style, width ``r``):
 All of a patch's parameters, flattened, are ``θ_l^(m) ∈ R^{K_l}`` (``K_l = 2kr + r + k``),
 generated from the device's metapatch ``θ̂^(m) ∈ R^{K̂}`` and the basis ``Θ_l``:
 
-    θ_l^(m) = Θ_l θ̂^(m),    K̂ ≪ Σ_l K_l                              (DCCL Eq. 2)
+    θ_l^(m) = Θ_l θ̂^(m) + θ_l⁰,    K̂ ≪ Σ_l K_l                       (DCCL Eq. 2)
 
-so ``θ̂ = 0`` (or the gate ``g = 0``) gives back the backbone exactly. The cloud learns
-``Θ`` through a proxy that replaces ``θ̂`` by the auxiliary encoder over the metapatch
-and the user's profile ``u``:
+where ``θ_l⁰ = [W⁰_down, b⁰_down, 0, 0]`` is a shared down-projection, part of the
+basis (learnt in the cloud, frozen on the device). With Eq. 2 read as ``Θ_l θ̂`` alone,
+``θ̂ = 0`` makes both projections zero and is a saddle of the device's loss (Eq. 3):
+only ``b_up``'s directions of ``Θ_l`` get a gradient. The shared down-projection is
+LoRA's remedy (one factor starts nonzero, the other at zero): ``W_up`` and ``b_up``
+stay linear in ``θ̂``, so ``θ̂ = 0`` (or the gate ``g = 0``) still gives back the
+backbone exactly, and every direction of ``θ̂`` that moves ``W_up`` has a gradient.
+The cloud learns ``Θ`` through a proxy that replaces ``θ̂`` by the auxiliary encoder
+over the metapatch and the user's profile ``u``:
 
     U(θ̂, u) = W⁽¹⁾ tanh(W⁽²⁾ θ̂ + W⁽³⁾ u)                             (DCCL Eq. 6)
 
@@ -46,7 +52,7 @@ def patch_size(width: int, bottleneck: int) -> int:
 
 class Patches:
     """The patches of one batch: per row and junction, ``(W_down, b_down, W_up, b_up)``
-    unpacked from ``θ_l = Θ_l θ̂`` (Eq. 2); called as DIN's junction hook (Eq. 1)."""
+    unpacked from ``θ_l = Θ_l θ̂ + θ_l⁰`` (Eq. 2); called as DIN's junction hook (Eq. 1)."""
 
     def __init__(self, params: dict[str, torch.Tensor], widths: dict[str, int],
                  bottleneck: int, gate: float = 1.0) -> None:
@@ -93,6 +99,11 @@ class MetaPatchDIN(nn.Module):
         self.basis = nn.ParameterDict({
             j: nn.Parameter(torch.randn(patch_size(w, bottleneck), metapatch_dim) * 0.01)
             for j, w in self.widths.items()})
+        # θ_l⁰: W⁰_down ~ N(0, 1/k) (a unit-scale bottleneck), b⁰_down = 0
+        self.down_projection = nn.ParameterDict({
+            j: nn.Parameter(torch.cat([torch.randn(w * bottleneck) / w ** 0.5,
+                                       torch.zeros(bottleneck)]))
+            for j, w in self.widths.items()})
         # U(θ̂, u) of Eq. 6: W⁽¹⁾, W⁽²⁾ [K̂, K̂], W⁽³⁾ [K̂, d_u]
         self.encoder_out = nn.Linear(metapatch_dim, metapatch_dim, bias=False)
         self.encoder_metapatch = nn.Linear(metapatch_dim, metapatch_dim, bias=False)
@@ -107,6 +118,9 @@ class MetaPatchDIN(nn.Module):
         n = metapatch.shape[0]
         params = {j: torch.bmm(basis.expand(n, *basis.shape), metapatch[:, :, None])[..., 0]
                   for j, basis in self.basis.items()}
+        for j, down in self.down_projection.items():   # + θ_l⁰ on W_down, b_down only
+            params[j] = torch.cat([params[j][:, :down.shape[0]] + down,
+                                   params[j][:, down.shape[0]:]], dim=1)
         return Patches(params, self.widths, self.bottleneck, gate)
 
     def encode(self, metapatch: torch.Tensor, profile: torch.Tensor | None) -> torch.Tensor:

@@ -227,11 +227,13 @@ class MetaPatchProcessor:
                                self.steps, self.lr)
 
 class _Basis(nn.Module):
-    """Θ and the encoder's W_e of a :class:`MetaPatchDIN`: what Eq. 7 trains."""
+    """Θ (with its shared down-projection θ⁰) and the encoder's W_e of a
+    :class:`MetaPatchDIN`: what Eq. 7 trains."""
 
     def __init__(self, model: MetaPatchDIN) -> None:
         super().__init__()
-        self.parts = nn.ModuleList([model.basis, model.encoder_out, model.encoder_metapatch,
+        self.parts = nn.ModuleList([model.basis, model.down_projection, model.encoder_out,
+                                    model.encoder_metapatch,
                                     *([model.encoder_profile] if model.encoder_profile
                                       else [])])
 

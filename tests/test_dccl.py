@@ -56,6 +56,20 @@ def test_a_zero_metapatch_or_a_zero_gate_gives_exactly_the_backbone(junctions):
     assert not torch.equal(model.score(history, lengths, candidates, some), backbone)
 
 
+@pytest.mark.parametrize("junction", ["attention", "mlp1", "pre_output"])
+def test_a_zero_metapatch_is_no_saddle_the_up_projection_has_a_gradient(junction):
+    """With Θ's b_up rows zeroed only W_up can move the scores; at θ̂ = 0 it must still
+    have a gradient (Θθ̂ alone gives both projections zero there, and none)."""
+    model = _model(junctions=(junction,))
+    k, r = model.widths[junction], model.bottleneck
+    with torch.no_grad():
+        model.basis[junction][2 * k * r + r:] = 0.0           # the b_up rows
+    history, lengths, candidates = _inputs()
+    metapatch = torch.zeros(5, K_HAT, requires_grad=True)
+    model.score(history, lengths, candidates, metapatch).sum().backward()
+    assert metapatch.grad.abs().sum(1).min() > 0
+
+
 def test_each_row_is_patched_with_its_own_metapatch():
     model = _model()
     history, lengths, candidates = _inputs()
