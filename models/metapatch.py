@@ -41,6 +41,7 @@ torch.Size([1, 3])
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from dcrec.models.din import DIN, JUNCTIONS
 from torch import nn
 
@@ -117,11 +118,13 @@ class MetaPatchDIN(nn.Module):
         # device's patch must not depend on which devices share its batch
         n = metapatch.shape[0]
         params = {j: torch.bmm(basis.expand(n, *basis.shape), metapatch[:, :, None])[..., 0]
-                  for j, basis in self.basis.items()}
-        for j, down in self.down_projection.items():   # + θ_l⁰ on W_down, b_down only
-            params[j] = torch.cat([params[j][:, :down.shape[0]] + down,
-                                   params[j][:, down.shape[0]:]], dim=1)
+                  + self._offset(j) for j, basis in self.basis.items()}
         return Patches(params, self.widths, self.bottleneck, gate)
+
+    def _offset(self, junction: str) -> torch.Tensor:
+        """θ_l⁰ of Eq. 2 as a ``[K_l]`` vector: the down-projection, zero up-projection."""
+        down = self.down_projection[junction]
+        return F.pad(down, (0, self.basis[junction].shape[0] - down.shape[0]))
 
     def encode(self, metapatch: torch.Tensor, profile: torch.Tensor | None) -> torch.Tensor:
         """U(θ̂, u) of Eq. 6 ``[N, K̂]``."""
