@@ -8,6 +8,7 @@ padded with 0 after the last click; ``lengths`` says how many are real.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -17,6 +18,13 @@ from torch.nn import functional as F
 class SequentialRecommender(nn.Module, ABC):
     """Scores candidate items for a click history; trained by binary cross-entropy on
     the positive and sampled negatives (the click-through loss of MC²-SF Eq. (2))."""
+
+    # True when a row's scores read no window position past its length and come out in
+    # the same bits from a window cut there (a recurrence read at the last click, a sum
+    # masked to the clicks): batched scoring may then drop the padding (score_inputs).
+    cut_windows_exact: ClassVar[bool] = False
+    # rows per model call when scoring in batches (score_candidates)
+    score_rows: ClassVar[int] = 256
 
     def __init__(self, n_items: int) -> None:
         super().__init__()

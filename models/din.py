@@ -71,6 +71,12 @@ class TargetAttention(nn.Module):
         return weights @ history
 
 
+# Rows per call when a DIN scores in batches: its activation unit holds a
+# [rows, C, L, hidden] tensor, and 16 rows of 101 candidates over 50 clicks stay in cache
+# (5× faster than 256 rows here, with the same bits).
+SCORE_ROWS = 16
+
+
 class DIN(SequentialRecommender):
     """Deep Interest Network over the click history, scoring each candidate:
 
@@ -82,6 +88,9 @@ class DIN(SequentialRecommender):
     >>> model.score(torch.tensor([[3, 5, 0]]), torch.tensor([2]), torch.tensor([[1, 2, 7]])).shape
     torch.Size([1, 3])
     """
+
+    cut_windows_exact = True
+    score_rows = SCORE_ROWS
 
     def __init__(self, n_items: int, embedding_dim: int = 32, attention_hidden: int = 16,
                  mlp_hidden: tuple[int, int] = (64, 32)) -> None:

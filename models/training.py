@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,35 +27,34 @@ class TrainingConfig:
     replay_capacity: int = 50_000
 
 
-# CPU GEMM kernels round differently below this many rows (torch 2.13 here: a GRU step
-# over 7 rows differs in the last bit from the same rows among 40; from 16 rows on the
-# rows agree), so a device's result would depend on which devices share its batch.
-# Model calls on the device path pad to this many rows: a slice split across any number
-# of workers gives the same bits as the whole slice in the local runtime.
+# CPU GEMM kernels round differently below this many rows, and for a row count that is
+# not a multiple of it (torch 2.13 here: a GRU step over 7 rows differs in the last bit
+# from the same rows among 40; MC²-SF's scoring of 21, 42 or 43 rows differs from the
+# same rows among 256, while every multiple of 16 agrees), so a device's result would
+# depend on which devices share its batch. Model calls on the device path pad their rows
+# to a multiple of this: a slice split across any number of workers gives the same bits
+# as the whole slice in the local runtime.
 ROW_FLOOR = 16
 
 
 def pad_rows(array: np.ndarray, rows: int = ROW_FLOOR) -> np.ndarray:
-    """``array`` with its first row repeated until it has ``rows`` rows."""
-    missing = rows - len(array)
-    if missing <= 0 or len(array) == 0:
+    """``array`` with its first row repeated until its row count is a multiple of
+    ``rows``."""
+    missing = -len(array) % rows
+    if missing == 0 or len(array) == 0:
         return array
     return np.concatenate([array, np.repeat(array[:1], missing, axis=0)])
 
 
-@torch.inference_mode()
 def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths: np.ndarray,
-                     candidates: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Scores ``[N, C]`` (float32) of shifted candidate ids, computed in row chunks so
-    target-aware models stay within memory."""
-    model.eval()
-    out = np.empty(candidates.shape, dtype=np.float32)
-    for start in range(0, len(candidates), chunk):
-        stop = min(start + chunk, len(candidates))
-        h, n, c = (torch.from_numpy(np.ascontiguousarray(pad_rows(a[start:stop]), np.int64))
-                   for a in (history, lengths, candidates))
-        out[start:stop] = model.score(h, n, c).numpy()[:stop - start]
-    return out
+                     candidates: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Scores ``[N, C]`` (float32) of shifted candidate ids, computed in chunks of
+    ``chunk`` rows (default: the model's ``score_rows``), windows cut after each chunk's
+    longest where the model allows it (see :func:`score_inputs`)."""
+    return score_inputs(model, lambda b, c: model.score(b["history"], b["lengths"], c),
+                        {"history": history, "lengths": lengths}, candidates,
+                        chunk or model.score_rows,
+                        windows={"history": "lengths"} if model.cut_windows_exact else None)
 
 
 Inputs = dict[str, np.ndarray]
@@ -140,15 +139,28 @@ class InputTrainer:
 
 @torch.inference_mode()
 def score_inputs(model: nn.Module, score: InputScorer, inputs: Inputs, candidates: np.ndarray,
-                 chunk: int = 256) -> np.ndarray:
-    """:func:`score_candidates` for models with named inputs: ``[N, C]`` float32."""
+                 chunk: int = 256, windows: Mapping[str, str] | None = None) -> np.ndarray:
+    """Scores ``[N, C]`` (float32) of ``score(inputs, candidates)``, computed in chunks of
+    ``chunk`` rows so target-aware models stay within memory.
+
+    ``windows`` maps each left-aligned window input to the input holding its lengths
+    (``{"history": "lengths"}``), for a model that reads no position of a window past its
+    length and gives the same bits on a window cut there (``cut_windows_exact``). Rows are
+    then scored in order of length and each chunk's windows are cut after its longest: a
+    short window no longer pays for the padding up to ``max_len``. Without ``windows``
+    rows are scored in order, windows whole.
+    """
     model.eval()
     out = np.empty(candidates.shape, dtype=np.float32)
+    order = (np.argsort(inputs[next(iter(windows.values()))], kind="stable") if windows
+             else np.arange(len(candidates)))
     for start in range(0, len(candidates), chunk):
-        stop = min(start + chunk, len(candidates))
-        batch = {name: _tensor(pad_rows(array[start:stop])) for name, array in inputs.items()}
-        scores = score(batch, _tensor(pad_rows(candidates[start:stop])))
-        out[start:stop] = scores.numpy()[:stop - start]
+        rows = order[start:start + chunk]
+        part = {name: array[rows] for name, array in inputs.items()}
+        for window, lengths in (windows or {}).items():
+            part[window] = part[window][:, :max(int(part[lengths].max()), 1)]
+        batch = {name: _tensor(pad_rows(array)) for name, array in part.items()}
+        out[rows] = score(batch, _tensor(pad_rows(candidates[rows]))).numpy()[:len(rows)]
     return out
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from dcrec.models.din import SCORE_ROWS
 from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import TrainingConfig, score_inputs
 from dcrec.replay.log import InteractionLog
@@ -53,15 +54,20 @@ def _inputs(cloud: DCCLCloudJob, samples: Samples) -> dict[str, np.ndarray]:
     return cloud.inputs(samples.history, samples.lengths, samples.users)
 
 
+# DIN reads no click past a window's length: score_inputs may cut the windows
+WINDOWS = {"history": "lengths"}
+
+
 def _scorer(model: MetaPatchDIN, metapatches: np.ndarray | None):
     def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
         inputs = {"history": samples.history, "lengths": samples.lengths}
         if metapatches is None:
             return score_inputs(model, lambda b, c: model.backbone.score(
-                b["history"], b["lengths"], c), inputs, candidates)
+                b["history"], b["lengths"], c), inputs, candidates, SCORE_ROWS, WINDOWS)
         inputs["metapatch"] = metapatches[samples.users]
         return score_inputs(model, lambda b, c: model.score(
-            b["history"], b["lengths"], c, b["metapatch"]), inputs, candidates)
+            b["history"], b["lengths"], c, b["metapatch"]), inputs, candidates, SCORE_ROWS,
+            WINDOWS)
     return scorer
 
 

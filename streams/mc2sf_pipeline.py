@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from dcrec.models.din import SCORE_ROWS
 from dcrec.models.mc2sf import (
     FastComponent,
     SlowComponent,
@@ -216,7 +217,11 @@ class MC2SFDeviceProcessor:
             r_p = model.positive_interest(b["history"], b["lengths"], z_p)
             return model.score_states(r_p, b["negative"], r_t, c)
 
-        return score_inputs(model, score, inputs, candidates)
+        # the fast side's GRU_p and the slow side's DIN read no click past a window's
+        # length: each chunk's windows are cut after its longest (same bits)
+        return score_inputs(model, score, inputs, candidates,
+                            chunk=256 if self.serves_fast else SCORE_ROWS,
+                            windows={"history": "lengths"})
 
 class MC2SFCloudJob:
     """The cloud side: incremental training of the slow and/or fast component on what
