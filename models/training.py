@@ -54,10 +54,13 @@ def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths:
     return score_inputs(model, lambda b, c: model.score(b["history"], b["lengths"], c),
                         {"history": history, "lengths": lengths}, candidates,
                         chunk or model.score_rows,
-                        windows={"history": "lengths"} if model.cut_windows_exact else None)
+                        windows=HISTORY_WINDOW if model.cut_windows_exact else None)
 
 
 Inputs = dict[str, np.ndarray]
+# the click window input and its lengths, as every scorer names them (score_inputs'
+# ``windows`` for a model with ``cut_windows_exact``)
+HISTORY_WINDOW: Mapping[str, str] = {"history": "lengths"}
 InputLoss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 InputScorer = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 

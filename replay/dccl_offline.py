@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from dcrec.models.din import SCORE_ROWS
 from dcrec.models.metapatch import MetaPatchDIN
-from dcrec.models.training import TrainingConfig, score_inputs
+from dcrec.models.training import HISTORY_WINDOW, TrainingConfig, score_inputs
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.replay.offline import Samples, Split, UserSequences, evaluate, train_early_stopped
@@ -54,20 +54,16 @@ def _inputs(cloud: DCCLCloudJob, samples: Samples) -> dict[str, np.ndarray]:
     return cloud.inputs(samples.history, samples.lengths, samples.users)
 
 
-# DIN reads no click past a window's length: score_inputs may cut the windows
-WINDOWS = {"history": "lengths"}
-
-
 def _scorer(model: MetaPatchDIN, metapatches: np.ndarray | None):
     def scorer(samples: Samples, candidates: np.ndarray) -> np.ndarray:
         inputs = {"history": samples.history, "lengths": samples.lengths}
         if metapatches is None:
             return score_inputs(model, lambda b, c: model.backbone.score(
-                b["history"], b["lengths"], c), inputs, candidates, SCORE_ROWS, WINDOWS)
+                b["history"], b["lengths"], c), inputs, candidates, SCORE_ROWS, HISTORY_WINDOW)
         inputs["metapatch"] = metapatches[samples.users]
         return score_inputs(model, lambda b, c: model.score(
             b["history"], b["lengths"], c, b["metapatch"]), inputs, candidates, SCORE_ROWS,
-            WINDOWS)
+            HISTORY_WINDOW)
     return scorer
 
 

@@ -32,7 +32,13 @@ import numpy as np
 import torch
 from dcrec.models.din import SCORE_ROWS
 from dcrec.models.metapatch import MetaPatchDIN
-from dcrec.models.training import ROW_FLOOR, InputTrainer, TrainingConfig, score_inputs
+from dcrec.models.training import (
+    HISTORY_WINDOW,
+    ROW_FLOOR,
+    InputTrainer,
+    TrainingConfig,
+    score_inputs,
+)
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
@@ -176,7 +182,7 @@ class MetaPatchProcessor:
             b["history"], b["lengths"], c, b["metapatch"]), {
                 "history": advanced.windows[evaluated], "lengths": advanced.lengths[evaluated],
                 "metapatch": state["metapatch"][click_rows[evaluated]]},
-            batch.candidates + 1, chunk=SCORE_ROWS, windows={"history": "lengths"})
+            batch.candidates + 1, chunk=SCORE_ROWS, windows=HISTORY_WINDOW)
         before = state["clicks"][batch.row] + clicks_before(batch.row, clicks)
         state["seq"], state["length"] = advanced.seq, advanced.length
         state["clicks"] += np.bincount(click_rows, minlength=len(batch.devices)).astype(np.int32)

@@ -34,7 +34,13 @@ from dcrec.models.mc2sf import (
     fast_score,
     slow_score,
 )
-from dcrec.models.training import InputTrainer, TrainingConfig, pad_rows, score_inputs
+from dcrec.models.training import (
+    HISTORY_WINDOW,
+    InputTrainer,
+    TrainingConfig,
+    pad_rows,
+    score_inputs,
+)
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
@@ -221,7 +227,7 @@ class MC2SFDeviceProcessor:
         # length: each chunk's windows are cut after its longest (same bits)
         return score_inputs(model, score, inputs, candidates,
                             chunk=256 if self.serves_fast else SCORE_ROWS,
-                            windows={"history": "lengths"})
+                            windows=HISTORY_WINDOW)
 
 class MC2SFCloudJob:
     """The cloud side: incremental training of the slow and/or fast component on what

@@ -12,6 +12,7 @@ from dcrec.models.gru4rec import GRU4Rec
 from dcrec.models.mc2sf import FastComponent, SlowComponent
 from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import (
+    HISTORY_WINDOW,
     InputTrainer,
     TrainingConfig,
     score_inputs,
@@ -119,7 +120,7 @@ def test_windows_cut_after_each_chunks_longest_score_the_same_bits(name: str, ch
     inputs = {"history": history, "lengths": lengths, **extra}
     whole = score_inputs(model, score, inputs, candidates, chunk=300)
     cut = score_inputs(model, score, inputs, candidates, chunk=chunk,
-                       windows={"history": "lengths"})
+                       windows=HISTORY_WINDOW)
     assert np.array_equal(cut, whole)
 
 
