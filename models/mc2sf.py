@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from dcrec.models.din import TargetAttention, mlp
+from dcrec.models.din import SCORE_ROWS, TargetAttention, mlp
 from torch import nn
 from torch.nn import functional as F
 
@@ -71,6 +71,9 @@ class SlowComponent(nn.Module):
     >>> slow.score(torch.tensor([[3, 5, 0]]), r_hat2, torch.tensor([[1, 2, 7]])).shape
     torch.Size([1, 3])
     """
+
+    cut_windows_exact = True   # DIN over the click window (see SequentialRecommender)
+    score_rows = SCORE_ROWS
 
     def __init__(self, n_items: int, embedding_dim: int = 32, attention_hidden: int = 16,
                  mlp_hidden: tuple[int, int] = (64, 32), f2s: bool = True) -> None:
@@ -153,6 +156,8 @@ class FastComponent(nn.Module):
     ...            torch.tensor([[1, 2, 7]])).shape
     torch.Size([1, 3])
     """
+
+    cut_windows_exact = True   # GRU_p read at the window's last click
 
     def __init__(self, n_items: int, embedding_dim: int = 32,
                  mlp_hidden: tuple[int, int] = (64, 32), s2f: bool = False) -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from dcrec.models.din import DIN, JUNCTIONS
+from dcrec.models.din import DIN, JUNCTIONS, SCORE_ROWS
 from torch import nn
 
 
@@ -82,6 +82,9 @@ class MetaPatchDIN(nn.Module):
     ``junctions`` selects the patched junctions (DCCL Table 4): ``attention`` (the first
     layer of DIN's activation unit, after the embeddings), ``mlp1`` (the first layer of
     the head) and ``pre_output`` (the layer before the output)."""
+
+    cut_windows_exact = True   # the patched DIN, as DIN
+    score_rows = SCORE_ROWS
 
     def __init__(self, n_items: int, embedding_dim: int = 32, metapatch_dim: int = 32,
                  bottleneck: int = 4, profile_dim: int = 0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,15 +52,10 @@ def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths:
     ``chunk`` rows (default: the model's ``score_rows``), windows cut after each chunk's
     longest where the model allows it (see :func:`score_inputs`)."""
     return score_inputs(model, lambda b, c: model.score(b["history"], b["lengths"], c),
-                        {"history": history, "lengths": lengths}, candidates,
-                        chunk or model.score_rows,
-                        windows=HISTORY_WINDOW if model.cut_windows_exact else None)
+                        {"history": history, "lengths": lengths}, candidates, chunk)
 
 
 Inputs = dict[str, np.ndarray]
-# the click window input and its lengths, as every scorer names them (score_inputs'
-# ``windows`` for a model with ``cut_windows_exact``)
-HISTORY_WINDOW: Mapping[str, str] = {"history": "lengths"}
 InputLoss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 InputScorer = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -142,26 +137,27 @@ class InputTrainer:
 
 @torch.inference_mode()
 def score_inputs(model: nn.Module, score: InputScorer, inputs: Inputs, candidates: np.ndarray,
-                 chunk: int = 256, windows: Mapping[str, str] | None = None) -> np.ndarray:
+                 chunk: int | None = None) -> np.ndarray:
     """Scores ``[N, C]`` (float32) of ``score(inputs, candidates)``, computed in chunks of
-    ``chunk`` rows so target-aware models stay within memory.
+    ``chunk`` rows (default: the model's ``score_rows``, else 256) so target-aware models
+    stay within memory.
 
-    ``windows`` maps each left-aligned window input to the input holding its lengths
-    (``{"history": "lengths"}``), for a model that reads no position of a window past its
-    length and gives the same bits on a window cut there (``cut_windows_exact``). Rows are
-    then scored in order of length and each chunk's windows are cut after its longest: a
-    short window no longer pays for the padding up to ``max_len``. Without ``windows``
-    rows are scored in order, windows whole.
+    For a model that reads no position of its click window past the window's length and
+    gives the same bits on a window cut there (``cut_windows_exact``), given ``lengths``,
+    rows are scored in order of length and each chunk's ``history`` is cut after its
+    longest: a short window no longer pays for the padding up to ``max_len``.
     """
+    chunk = chunk or getattr(model, "score_rows", 256)
+    cut = getattr(model, "cut_windows_exact", False) and "lengths" in inputs
     model.eval()
     out = np.empty(candidates.shape, dtype=np.float32)
-    order = (np.argsort(inputs[next(iter(windows.values()))], kind="stable") if windows
+    order = (np.argsort(inputs["lengths"], kind="stable") if cut
              else np.arange(len(candidates)))
     for start in range(0, len(candidates), chunk):
         rows = order[start:start + chunk]
         part = {name: array[rows] for name, array in inputs.items()}
-        for window, lengths in (windows or {}).items():
-            part[window] = part[window][:, :max(int(part[lengths].max()), 1)]
+        if cut:
+            part["history"] = part["history"][:, :max(int(part["lengths"].max()), 1)]
         batch = {name: _tensor(pad_rows(array)) for name, array in part.items()}
         out[rows] = score(batch, _tensor(pad_rows(candidates[rows]))).numpy()[:len(rows)]
     return out

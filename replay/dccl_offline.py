@@ -37,9 +37,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from dcrec.models.din import SCORE_ROWS
 from dcrec.models.metapatch import MetaPatchDIN
-from dcrec.models.training import HISTORY_WINDOW, TrainingConfig, score_inputs
+from dcrec.models.training import TrainingConfig, score_inputs
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.negatives import NegativeSampler
 from dcrec.replay.offline import Samples, Split, UserSequences, evaluate, train_early_stopped
@@ -59,11 +58,10 @@ def _scorer(model: MetaPatchDIN, metapatches: np.ndarray | None):
         inputs = {"history": samples.history, "lengths": samples.lengths}
         if metapatches is None:
             return score_inputs(model, lambda b, c: model.backbone.score(
-                b["history"], b["lengths"], c), inputs, candidates, SCORE_ROWS, HISTORY_WINDOW)
+                b["history"], b["lengths"], c), inputs, candidates)
         inputs["metapatch"] = metapatches[samples.users]
         return score_inputs(model, lambda b, c: model.score(
-            b["history"], b["lengths"], c, b["metapatch"]), inputs, candidates, SCORE_ROWS,
-            HISTORY_WINDOW)
+            b["history"], b["lengths"], c, b["metapatch"]), inputs, candidates)
     return scorer
 
 

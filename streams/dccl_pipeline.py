@@ -30,10 +30,8 @@ import copy
 
 import numpy as np
 import torch
-from dcrec.models.din import SCORE_ROWS
 from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import (
-    HISTORY_WINDOW,
     ROW_FLOOR,
     InputTrainer,
     TrainingConfig,
@@ -182,7 +180,7 @@ class MetaPatchProcessor:
             b["history"], b["lengths"], c, b["metapatch"]), {
                 "history": advanced.windows[evaluated], "lengths": advanced.lengths[evaluated],
                 "metapatch": state["metapatch"][click_rows[evaluated]]},
-            batch.candidates + 1, chunk=SCORE_ROWS, windows=HISTORY_WINDOW)
+            batch.candidates + 1)
         before = state["clicks"][batch.row] + clicks_before(batch.row, clicks)
         state["seq"], state["length"] = advanced.seq, advanced.length
         state["clicks"] += np.bincount(click_rows, minlength=len(batch.devices)).astype(np.int32)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from dcrec.models.din import SCORE_ROWS
 from dcrec.models.mc2sf import (
     FastComponent,
     SlowComponent,
@@ -35,7 +34,6 @@ from dcrec.models.mc2sf import (
     slow_score,
 )
 from dcrec.models.training import (
-    HISTORY_WINDOW,
     InputTrainer,
     TrainingConfig,
     pad_rows,
@@ -223,11 +221,7 @@ class MC2SFDeviceProcessor:
             r_p = model.positive_interest(b["history"], b["lengths"], z_p)
             return model.score_states(r_p, b["negative"], r_t, c)
 
-        # the fast side's GRU_p and the slow side's DIN read no click past a window's
-        # length: each chunk's windows are cut after its longest (same bits)
-        return score_inputs(model, score, inputs, candidates,
-                            chunk=256 if self.serves_fast else SCORE_ROWS,
-                            windows=HISTORY_WINDOW)
+        return score_inputs(model, score, inputs, candidates)
 
 class MC2SFCloudJob:
     """The cloud side: incremental training of the slow and/or fast component on what

@@ -12,9 +12,9 @@ from dcrec.models.gru4rec import GRU4Rec
 from dcrec.models.mc2sf import FastComponent, SlowComponent
 from dcrec.models.metapatch import MetaPatchDIN
 from dcrec.models.training import (
-    HISTORY_WINDOW,
     InputTrainer,
     TrainingConfig,
+    pad_rows,
     score_inputs,
 )
 from torch import nn
@@ -118,9 +118,14 @@ def test_windows_cut_after_each_chunks_longest_score_the_same_bits(name: str, ch
     history, lengths = _windows(300, 200, 50, seed=2)
     candidates = np.random.default_rng(3).integers(1, 201, (300, 101))
     inputs = {"history": history, "lengths": lengths, **extra}
-    whole = score_inputs(model, score, inputs, candidates, chunk=300)
-    cut = score_inputs(model, score, inputs, candidates, chunk=chunk,
-                       windows=HISTORY_WINDOW)
+    assert model.cut_windows_exact
+    model.eval()
+    with torch.inference_mode():   # every row at once, windows whole
+        whole = score({k: torch.from_numpy(pad_rows(v.astype(np.float32 if v.dtype.kind == "f"
+                                                            else np.int64)))
+                       for k, v in inputs.items()},
+                      torch.from_numpy(pad_rows(candidates))).numpy()[:300]
+    cut = score_inputs(model, score, inputs, candidates, chunk=chunk)
     assert np.array_equal(cut, whole)
 
 
