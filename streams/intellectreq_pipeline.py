@@ -52,6 +52,8 @@ WIRE_DTYPE = np.float16     # generated parameters down
 POLICIES = ("always", "never", "random", "mrs", "drift", "lof", "ocsvm")
 # the agents whose score the cloud thresholds from the budget
 SCORED = ("mrs", "drift", "lof", "ocsvm")
+# the policies whose decision reads no answer to an earlier request of the device
+ANSWER_FREE = ("always", "never", "random", "lof", "ocsvm")
 # negatives per MRD training pair: the label compares ranks, which 4 resolve coarsely
 LABEL_NEGATIVES = 20
 
@@ -180,6 +182,22 @@ class ParameterService(RequestService):
         return answers
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """Requests sent in one call and their answers; ``index`` says which of the
+    caller's clicks asked each."""
+
+    index: np.ndarray
+    requests: list[ParamRequest]
+    answers: list[ParamResponse | None]
+
+    def of(self, keep: np.ndarray) -> Exchange:
+        """The requests (and answers) where ``keep`` (one flag per request)."""
+        picked = np.flatnonzero(keep).tolist()
+        return Exchange(self.index[keep], [self.requests[j] for j in picked],
+                        [self.answers[j] for j in picked])
+
+
 class ParameterRequestProcessor:
     """The device side of the EC-CDR presets: serve, then decide whether to request."""
 
@@ -234,9 +252,18 @@ class ParameterRequestProcessor:
         if first.any():
             before_state[first] = self._static_state(advanced.windows[first],
                                                      advanced.lengths[first])
-        codes = self.model.agent.encoder(
-            torch.from_numpy(pad_rows(after_state)))[:len(rows)].numpy()
+        # the state code e_T after each click (``drift``: its window's mean embedding)
+        codes = (mean_of_last(self._embedded(after), after_len, after_len)
+                 if self.policy == "drift" else self.model.agent.encoder(
+                     torch.from_numpy(pad_rows(after_state)))[:len(rows)].numpy())
         ts = events.ts[clicks]
+        # a policy that reads no answer decides after every click of the batch at once
+        # and sends the requests in one call (one generator pass in the cloud, not one per
+        # rank); each answer still serves from the device's click after its own
+        whole = (self._request(state, batch.devices, rows, ts, after, after_len, codes,
+                               state["clicks"][rows] + rank, np.argsort(rank, kind="stable"),
+                               out)
+                 if self.policy in ANSWER_FREE else None)
         for r in range(int(rank.max(initial=-1)) + 1):
             k = np.flatnonzero(rank == r)             # each device's r-th click of the batch
             dev = rows[k]
@@ -247,8 +274,14 @@ class ParameterRequestProcessor:
                 s = k[served]
                 scores[eval_index[s]] = self._score(before_state[s], params[served],
                                                     batch.candidates[eval_index[s]] + 1)
-            self._maybe_request(state, batch.devices, dev, ts[k], after[k], after_len[k],
-                                codes[k], out)
+            if whole is None:
+                exchange = self._request(state, batch.devices, dev, ts[k], after[k],
+                                         after_len[k], codes[k], state["clicks"][dev],
+                                         np.arange(len(k)), out)
+                self._take_answers(state, dev, codes[k], after_len[k], exchange, out)
+            else:
+                self._take_answers(state, rows, codes, after_len,
+                                   whole.of(rank[whole.index] == r), out)
             state["clicks"][dev] += 1
         state["seq"], state["length"] = advanced.seq, advanced.length
         out.bytes_down += download(state["version"], self.version)
@@ -291,29 +324,26 @@ class ParameterRequestProcessor:
         return np.where(state["asked_len"][dev] > 0,
                         state["clicks"][dev] - state["asked_at"][dev], after_len)
 
-    def _maybe_request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
-                       ts: np.ndarray, after: np.ndarray, after_len: np.ndarray,
-                       code: np.ndarray, out: Outputs) -> None:
-        """The request decision after each device's click (``code`` = e_T of the state
-        after it), and the requests' answers."""
+    def _decide(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
+                after: np.ndarray, after_len: np.ndarray, code: np.ndarray,
+                positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each device asks after its click (``code`` = e_T of the state after
+        it, ``positions`` its clicks before it), and the score the decision read."""
         n = len(dev)
         mrs = np.ones(n)
         if self.policy == "always":   # the bound: every click (budget 0: none, DESIGN.md)
-            ask = np.full(n, self.budget > 0)
-        elif self.policy == "never":
-            ask = np.zeros(n, bool)
-        elif self.policy == "random":
-            ask = request_draw(devices[dev], state["clicks"][dev], self.seed) < self.budget
-        elif self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
+            return np.full(n, self.budget > 0), mrs
+        if self.policy == "never":
+            return np.zeros(n, bool), mrs
+        if self.policy == "random":
+            return request_draw(devices[dev], positions, self.seed) < self.budget, mrs
+        if self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
             embedded = self._embedded(after)
-            code = mean_of_last(embedded, after_len, after_len)
             recent = np.minimum(self._clicks_since(state, dev, after_len), after_len)
             mrs = -window_drift(mean_of_last(embedded, after_len, recent), recent,
                                 state["code"][dev], state["asked_len"][dev])
-            ask = mrs <= self.threshold
         elif self.policy in NOVELTY:   # −LOF / OC-SVM value of the newest click, low = ask
             mrs = NOVELTY[self.policy](self._embedded(after), after_len)
-            ask = mrs <= self.threshold
         else:
             # a device on the generic parameters: against the empty window's code
             then = np.where(state["has_params"][dev, None] == 1, state["code"][dev],
@@ -321,20 +351,34 @@ class ParameterRequestProcessor:
             since = self._clicks_since(state, dev, after_len)
             then_t, code_t, since_t = (torch.from_numpy(pad_rows(a)) for a in (then, code, since))
             mrs = self.model.agent.mrs(then_t, code_t, since_t)[:n].numpy()
-            ask = mrs <= self.threshold
-        asking = np.flatnonzero(ask)
+        return mrs <= self.threshold, mrs
+
+    def _request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray, ts: np.ndarray,
+                 after: np.ndarray, after_len: np.ndarray, code: np.ndarray,
+                 positions: np.ndarray, order: np.ndarray, out: Outputs) -> Exchange:
+        """The request decisions after these clicks and, in ``order``, the requests of
+        the clicks that ask, sent in one call with their answers."""
+        ask, mrs = self._decide(state, devices, dev, after, after_len, code, positions)
+        asking = order[ask[order]]
         if len(asking) == 0 or self.responder is None:
-            return
+            return Exchange(asking[:0], [], [])
         version = self.version.version if self.version is not None else 0
         requests = [ParamRequest(device=int(devices[dev[i]]), ts=int(ts[i]),
                                  mrs=float(mrs[i]), kind="params",
                                  summary=after[i, :after_len[i]].astype("<i4").tobytes(),
-                                 position=int(state["clicks"][dev[i]]), version=version)
+                                 position=int(positions[i]), version=version)
                     for i in asking.tolist()]
-        answers = self.responder(requests)
         out.requests += len(requests)
         out.bytes_up += sum(len(r.summary) for r in requests)
-        for i, request, answer in zip(asking.tolist(), requests, answers, strict=True):
+        return Exchange(asking, requests, self.responder(requests))
+
+    def _take_answers(self, state: StateRows, dev: np.ndarray, code: np.ndarray,
+                      after_len: np.ndarray, exchange: Exchange, out: Outputs) -> None:
+        """The parameters of the answered requests serve their devices from now on; the
+        code, click and window length they were asked at are kept for the agent."""
+        version = self.version.version if self.version is not None else 0
+        for i, request, answer in zip(exchange.index.tolist(), exchange.requests,
+                                      exchange.answers, strict=True):
             if answer is None or answer.kind != "params" \
                     or answer.position != request.position or answer.version != version:
                 continue   # refused, shed (busy) or stale: serve on with what it holds

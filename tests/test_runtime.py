@@ -186,11 +186,14 @@ def test_the_report_splits_quality_into_cloud_rounds():
     assert overall == pytest.approx(report["metrics"]["NDCG@10"])
 
 
-@pytest.mark.parametrize("method", ["popularity", "river-mf"])
+# ec-cdr and lof send a batch's requests in one call, intellectreq one call per rank (a
+# device's r-th click of the batch); a batch of one event has one rank
+@pytest.mark.parametrize("method", ["popularity", "river-mf", "ec-cdr", "lof", "intellectreq"])
 def test_micro_batch_size_does_not_change_the_result(method):
     reports = [run_replay(c, open_source(c)) for c in
                (_small_world(method, micro_batch=1), _small_world(method, micro_batch=997))]
     assert reports[0]["metrics"] == reports[1]["metrics"]
+    assert reports[0]["comm"] == reports[1]["comm"]
 
 
 def test_scores_of_a_trained_model_beat_chance_on_the_world():
