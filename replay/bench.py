@@ -25,8 +25,10 @@ from dcrec.config import KafkaRuntimeSettings, ReplayConfig
 
 
 def machine() -> str:
-    """CPU model, cores and memory of this machine, in one line."""
+    """CPU model, cores and memory of this machine and torch's thread count, in one
+    line."""
     import psutil
+    import torch
 
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -37,7 +39,8 @@ def machine() -> str:
                 break
     memory = psutil.virtual_memory().total / 2**30
     return (f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+            f"torch threads {torch.get_num_threads()}")
 
 
 def event_span(config: ReplayConfig) -> float:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from dcrec.models.metrics import ROUND_METRICS, RankingEvaluator
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
@@ -207,6 +208,9 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "p99_ms": float(np.percentile(latencies, 99)),
             "peak_rss_mb": peak_rss_mb(),
             "state_bytes_per_device": runtime.state.bytes_per_device,
+            # a trained preset's metrics are bit-reproducible for one torch thread
+            # count, not across them (docs/performance.md)
+            "training_threads": torch.get_num_threads(),
         },
         "groups": evaluator.activity_groups(runtime.clicks_seen, config.activity_groups),
         "rounds": cloud_rounds(evaluator, stats.job_marks),

@@ -448,6 +448,7 @@ class KafkaSession:
         wall = time.perf_counter() - self.started
         report = kafka_report(self.client, self.run, self.config, self.source,
                               self.state_bytes, wall)
+        report["perf"]["training_threads"] = self.processes.cloud_threads
         speed = self.settings.speed
         report["kafka"] = {"run": self.run, "workers": self.settings.workers,
                            "partitions": self.partitions, "slices": end_slice,

@@ -46,7 +46,9 @@ def replay_markdown(report: dict) -> str:
         f"(device path {perf['device_events_per_second']:,.0f}/s), "
         f"{latency_of} p50 {perf['p50_ms']:.1f} ms / p99 {perf['p99_ms']:.1f} ms, "
         f"peak RSS {perf['peak_rss_mb']:,.0f} MB, "
-        f"{perf['state_bytes_per_device']:,} B state/device",
+        f"{perf['state_bytes_per_device']:,} B state/device"
+        + (f", trained at {perf['training_threads']} torch thread(s)"
+           if "training_threads" in perf else ""),
     ]
     if ev["invalid_reasons"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in ev["invalid_reasons"].items())
