@@ -132,7 +132,8 @@ class MC2SFDeviceProcessor:
         state, the state after each exposure ``[n_exposures, d]``.
 
         Rows are grouped by exposure count in powers of two, so each group runs as one
-        padded sequence with at most 2× padding."""
+        padded sequence with at most 2× padding; the states share their exposures, so a
+        group's states run as one GRU call over the group's rows stacked per state."""
         gru, embedding = self._gru_n
         final = [s.astype(np.float32) for s in states]
         after = [np.empty((len(rows), self.dim), np.float32) for _ in states]
@@ -152,10 +153,11 @@ class MC2SFDeviceProcessor:
             padded[slot[rows[mine]], rank[mine]] = items[mine].astype(np.int64) + 1
             x = embedding(torch.from_numpy(pad_rows(padded)))
             lengths = counts[members]
-            for f, a in zip(final, after, strict=True):
-                h0 = torch.from_numpy(pad_rows(f[members]))[None].contiguous()
-                outputs, _ = gru(x, h0)  # [G, width, d]: the state after each exposure
-                out = outputs.numpy()[:len(members)]
+            h0 = np.concatenate([pad_rows(f[members]) for f in final])[None]
+            # [S·G', width, d]: each state's rows, the state after each exposure
+            outputs, _ = gru(x.repeat(len(final), 1, 1), torch.from_numpy(h0))
+            for out, f, a in zip(outputs.numpy().reshape(len(final), len(x), width, -1),
+                                 final, after, strict=True):
                 a[mine] = out[slot[rows[mine]], rank[mine]]
                 f[members] = out[np.arange(len(members)), lengths - 1]
         return final, after
