@@ -183,6 +183,28 @@ class ParameterService(RequestService):
 
 
 @dataclass(frozen=True)
+class DecidedClicks:
+    """The clicks a request decision is made after, one entry per click: the device's
+    state row, the click's time, its window after the click (``window``, ``length``)
+    with the window's item embeddings (drift and the novelty tests only) and state code
+    e_T, and the device's clicks before it (``position``)."""
+
+    row: np.ndarray
+    ts: np.ndarray
+    window: np.ndarray
+    length: np.ndarray
+    embedded: np.ndarray | None
+    code: np.ndarray
+    position: np.ndarray
+
+    def take(self, k: np.ndarray) -> DecidedClicks:
+        """The clicks at positions ``k``."""
+        return DecidedClicks(self.row[k], self.ts[k], self.window[k], self.length[k],
+                             None if self.embedded is None else self.embedded[k],
+                             self.code[k], self.position[k])
+
+
+@dataclass(frozen=True)
 class Exchange:
     """Requests sent in one call and their answers; ``index`` says which of the
     caller's clicks asked each."""
@@ -259,13 +281,13 @@ class ParameterRequestProcessor:
         codes = (mean_of_last(embedded, after_len, after_len) if self.policy == "drift"
                  else self.model.agent.encoder(
                      torch.from_numpy(pad_rows(after_state)))[:len(rows)].numpy())
-        ts = events.ts[clicks]
+        decided = DecidedClicks(rows, events.ts[clicks], after, after_len, embedded, codes,
+                                state["clicks"][rows] + rank)
         # a policy that reads no answer decides after every click of the batch at once
         # and sends the requests in one call (one generator pass in the cloud, not one per
         # rank); each answer still serves from the device's click after its own
-        whole = (self._request(state, batch.devices, rows, ts, after, after_len, embedded,
-                               codes, state["clicks"][rows] + rank,
-                               np.argsort(rank, kind="stable"), out)
+        whole = (self._request(state, batch.devices, decided, np.argsort(rank, kind="stable"),
+                               out)
                  if self.policy in ANSWER_FREE else None)
         for r in range(int(rank.max(initial=-1)) + 1):
             k = np.flatnonzero(rank == r)             # each device's r-th click of the batch
@@ -278,14 +300,11 @@ class ParameterRequestProcessor:
                 scores[eval_index[s]] = self._score(before_state[s], params[served],
                                                     batch.candidates[eval_index[s]] + 1)
             if whole is None:
-                exchange = self._request(
-                    state, batch.devices, dev, ts[k], after[k], after_len[k],
-                    None if embedded is None else embedded[k], codes[k], state["clicks"][dev],
-                    np.arange(len(k)), out)
-                self._take_answers(state, dev, codes[k], after_len[k], exchange, out)
+                mine = decided.take(k)
+                exchange = self._request(state, batch.devices, mine, np.arange(len(k)), out)
+                self._take_answers(state, mine, exchange, out)
             else:
-                self._take_answers(state, rows, codes, after_len,
-                                   whole.of(rank[whole.index] == r), out)
+                self._take_answers(state, decided, whole.of(rank[whole.index] == r), out)
             state["clicks"][dev] += 1
         state["seq"], state["length"] = advanced.seq, advanced.length
         out.bytes_down += download(state["version"], self.version)
@@ -332,12 +351,10 @@ class ParameterRequestProcessor:
         return np.where(state["asked_len"][dev] > 0,
                         state["clicks"][dev] - state["asked_at"][dev], after_len)
 
-    def _decide(self, state: StateRows, devices: np.ndarray, dev: np.ndarray,
-                after_len: np.ndarray, embedded: np.ndarray | None, code: np.ndarray,
-                positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Whether each device asks after its click (``embedded`` its window's item
-        embeddings, for drift and novelty; ``code`` = e_T of the state after it;
-        ``positions`` its clicks before it), and the score the decision read."""
+    def _decide(self, state: StateRows, devices: np.ndarray,
+                clicks: DecidedClicks) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each device asks after its click, and the score the decision read."""
+        dev, after_len, embedded = clicks.row, clicks.length, clicks.embedded
         n = len(dev)
         mrs = np.ones(n)
         if self.policy == "always":   # the bound: every click (budget 0: none, DESIGN.md)
@@ -345,7 +362,7 @@ class ParameterRequestProcessor:
         if self.policy == "never":
             return np.zeros(n, bool), mrs
         if self.policy == "random":
-            return request_draw(devices[dev], positions, self.seed) < self.budget, mrs
+            return request_draw(devices[dev], clicks.position, self.seed) < self.budget, mrs
         if self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
             assert embedded is not None
             recent = np.minimum(self._clicks_since(state, dev, after_len), after_len)
@@ -359,32 +376,32 @@ class ParameterRequestProcessor:
             then = np.where(state["has_params"][dev, None] == 1, state["code"][dev],
                             self.empty_code[None])
             since = self._clicks_since(state, dev, after_len)
-            then_t, code_t, since_t = (torch.from_numpy(pad_rows(a)) for a in (then, code, since))
+            then_t, code_t, since_t = (torch.from_numpy(pad_rows(a))
+                                       for a in (then, clicks.code, since))
             mrs = self.model.agent.mrs(then_t, code_t, since_t)[:n].numpy()
         return mrs <= self.threshold, mrs
 
-    def _request(self, state: StateRows, devices: np.ndarray, dev: np.ndarray, ts: np.ndarray,
-                 after: np.ndarray, after_len: np.ndarray, embedded: np.ndarray | None,
-                 code: np.ndarray, positions: np.ndarray, order: np.ndarray,
-                 out: Outputs) -> Exchange:
-        """The request decisions after these clicks and, in ``order``, the requests of
-        the clicks that ask, sent in one call with their answers."""
-        ask, mrs = self._decide(state, devices, dev, after_len, embedded, code, positions)
+    def _request(self, state: StateRows, devices: np.ndarray, clicks: DecidedClicks,
+                 order: np.ndarray, out: Outputs) -> Exchange:
+        """The request decisions after ``clicks`` and, in ``order``, the requests of the
+        clicks that ask, sent in one call with their answers."""
+        ask, mrs = self._decide(state, devices, clicks)
         asking = order[ask[order]]
         if len(asking) == 0 or self.responder is None:
             return Exchange(asking[:0], [], [])
         version = self._version_number
-        requests = [ParamRequest(device=int(devices[dev[i]]), ts=int(ts[i]),
+        requests = [ParamRequest(device=int(devices[clicks.row[i]]), ts=int(clicks.ts[i]),
                                  mrs=float(mrs[i]), kind="params",
-                                 summary=after[i, :after_len[i]].astype("<i4").tobytes(),
-                                 position=int(positions[i]), version=version)
+                                 summary=clicks.window[i, :clicks.length[i]]
+                                 .astype("<i4").tobytes(),
+                                 position=int(clicks.position[i]), version=version)
                     for i in asking.tolist()]
         out.requests += len(requests)
         out.bytes_up += sum(len(r.summary) for r in requests)
         return Exchange(asking, requests, self.responder(requests))
 
-    def _take_answers(self, state: StateRows, dev: np.ndarray, code: np.ndarray,
-                      after_len: np.ndarray, exchange: Exchange, out: Outputs) -> None:
+    def _take_answers(self, state: StateRows, clicks: DecidedClicks, exchange: Exchange,
+                      out: Outputs) -> None:
         """The parameters of the answered requests serve their devices from now on; the
         code, click and window length they were asked at are kept for the agent."""
         version = self._version_number
@@ -393,12 +410,12 @@ class ParameterRequestProcessor:
             if answer is None or answer.kind != "params" \
                     or answer.position != request.position or answer.version != version:
                 continue   # refused, shed (busy) or stale: serve on with what it holds
-            d = dev[i]
+            d = clicks.row[i]
             state["params"][d] = np.frombuffer(answer.payload, WIRE_DTYPE)
             state["has_params"][d] = 1
-            state["code"][d] = code[i]
+            state["code"][d] = clicks.code[i]
             state["asked_at"][d] = request.position
-            state["asked_len"][d] = after_len[i]
+            state["asked_len"][d] = clicks.length[i]
             out.bytes_down += len(answer.payload)
 
 
