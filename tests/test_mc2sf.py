@@ -113,6 +113,32 @@ def test_negative_memory_advances_on_exposures_and_never_on_clicks():
     assert np.array_equal(table.columns["negative_memory"], before)
 
 
+def test_the_negative_memory_has_the_same_bits_however_devices_share_a_gru_call():
+    """Devices of very different exposure counts are grouped into padded GRU_n calls by
+    an estimate of time; a device's r̂₂ and r̃_n come out bit for bit as if it ran alone."""
+    n, rng = 40, np.random.default_rng(0)
+    users = np.repeat(np.arange(n), rng.integers(1, 120, n))
+    rng.shuffle(users)
+    items = rng.integers(0, N_ITEMS, len(users))
+    states = {}
+    for alone in (False, True):
+        processor, _, _ = build_mc2sf("mc2sf", n_users=n, n_items=N_ITEMS, seed=0, max_len=6,
+                                      embedding_dim=D, training=TrainingConfig(batch_size=8),
+                                      upload_interval=3600)
+        for device in range(0, n, 3):   # an S2F state of its own, from a hint
+            processor.on_hint(hint_event(device, 0, np.linspace(-1, 1, 2 * D) * device / n))
+        table = DeviceStateTable(processor.state_spec, n)
+        for mine in ([users == d for d in range(n)] if alone else [users >= 0]):
+            _step(processor, table, _batch(users[mine], items[mine],
+                                           np.full(mine.sum(), EXPOSURE)))
+        states[alone] = {k: table.columns[k].copy()
+                         for k in ("negative_memory", "negative_state")}
+    for name, together in states[False].items():
+        assert np.array_equal(together, states[True][name]), name
+    assert not np.array_equal(states[False]["negative_memory"],
+                              states[False]["negative_state"])
+
+
 def test_each_click_is_scored_before_the_device_learns_it():
     """Scores equal the fast component's on the click window and the memory of earlier
     slates *before* each click (its own slate's exposures excluded); this device never
