@@ -65,7 +65,28 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
 
-class InputTrainer:
+class AdamTrainer:
+    """A model and its Adam optimizer (learning rate and L2 from the config), kept
+    across cloud jobs so each continues from the last (warm start); ``steps`` counts
+    the optimizer steps taken."""
+
+    def __init__(self, model: nn.Module, config: TrainingConfig) -> None:
+        self.model = model
+        self.config = config
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                          weight_decay=config.l2)
+        self.steps = 0
+
+    def step(self, loss: torch.Tensor) -> float:
+        """One optimizer step down ``loss``; its value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return loss.item()
+
+
+class InputTrainer(AdamTrainer):
     """:class:`IncrementalTrainer` for models with several named inputs (MC²-SF's
     click windows, exposure windows, negative memory, hints): ``loss(inputs,
     candidates)`` with the target in candidate column 0 and sampled negatives after.
@@ -74,14 +95,10 @@ class InputTrainer:
 
     def __init__(self, model: nn.Module, loss: InputLoss, n_items: int,
                  config: TrainingConfig, seed: int) -> None:
-        self.model = model
+        super().__init__(model, config)
         self.loss = loss
         self.n_items = n_items
-        self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                          weight_decay=config.l2)
         self.generator = torch.Generator().manual_seed(seed)
-        self.steps = 0
         self.recent: Inputs = {}   # the samples kept for rehearsal, target under ""
 
     def fit(self, inputs: Inputs, target: np.ndarray, epochs: int | None = None) -> float:
@@ -105,12 +122,8 @@ class InputTrainer:
                                           (len(idx), self.config.n_negatives),
                                           generator=self.generator)
                 candidates = torch.cat([target_t[idx, None], negatives], dim=1)
-                loss = self.loss({k: v[idx] for k, v in tensors.items()}, candidates)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(loss.item())
-                self.steps += 1
+                losses.append(self.step(
+                    self.loss({k: v[idx] for k, v in tensors.items()}, candidates)))
         self.model.eval()
         return float(np.mean(losses))
 
@@ -178,7 +191,7 @@ class IncrementalTrainer(InputTrainer):
         return super().fit({"history": history, "lengths": lengths}, target, epochs)
 
 
-class WholeSequenceTrainer:
+class WholeSequenceTrainer(AdamTrainer):
     """Trains a model whose state runs from a user's first click (CoCorrRec's SCN) on
     whole click sequences: ``model.sequence_loss(items, weight)`` over right-padded
     batches of ``users_per_batch`` users of similar length. Keeps the model and its Adam
@@ -186,13 +199,9 @@ class WholeSequenceTrainer:
 
     def __init__(self, model: nn.Module, config: TrainingConfig, seed: int,
                  users_per_batch: int = 32) -> None:
-        self.model = model
-        self.config = config
+        super().__init__(model, config)
         self.users_per_batch = users_per_batch
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                          weight_decay=config.l2)
         self.rng = np.random.default_rng(seed)
-        self.steps = 0
 
     def fit(self, sequences: list[np.ndarray], weights: list[np.ndarray] | None = None,
             epochs: int | None = None) -> float:
@@ -219,12 +228,7 @@ class WholeSequenceTrainer:
                     seq = sequences[u]
                     items[r, :len(seq)] = seq
                     weight[r, :len(seq) - 1] = 1.0 if weights is None else weights[u]
-                loss = self.model.sequence_loss(torch.from_numpy(items),
-                                                torch.from_numpy(weight))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(loss.item())
-                self.steps += 1
+                losses.append(self.step(self.model.sequence_loss(
+                    torch.from_numpy(items), torch.from_numpy(weight))))
         self.model.eval()
         return float(np.mean(losses))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 from dcrec.models.ec_cdr import ECCDR, flatten, unflatten
 from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
 from dcrec.models.request_baselines import NOVELTY, mean_of_last, window_drift
-from dcrec.models.training import IncrementalTrainer, TrainingConfig, pad_rows
+from dcrec.models.training import AdamTrainer, IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
@@ -527,7 +527,8 @@ class IntellectReqCloudJob:
         self.name, self.score = name, score
         self.model = build_model()
         self.trainer = IncrementalTrainer(self.model.rec, training, seed)
-        self.agent_optimizer = torch.optim.Adam(self.model.agent.parameters(), lr=training.lr)
+        # the request agent (MRD + DM) learns without weight decay
+        self.agent_trainer = AdamTrainer(self.model.agent, replace(training, l2=0.0))
         self.training = training
         self.registry, self.service, self.controller = registry, service, controller
         self.windows = CloudClickWindows(n_users, max_len)
@@ -660,9 +661,7 @@ class IntellectReqCloudJob:
                 mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
                 loss = (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
                         + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
-                self.agent_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.agent_optimizer.step()
+                self.agent_trainer.step(loss)
         agent.eval()
 
     def _with_rehearsal(self, windows: np.ndarray, lengths: np.ndarray,

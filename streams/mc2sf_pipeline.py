@@ -88,11 +88,11 @@ STEP_COST_IN_ROWS = 32.0
 def sequence_groups(lengths: np.ndarray, copies: int = 1) -> np.ndarray:
     """Group labels for sequences of ``lengths`` run as one padded GRU call per group,
     each call as long as its longest sequence and over ``copies`` stacked copies of its
-    rows (at least ``ROW_FLOOR`` each). The groups split the sequences sorted by length
-    where the estimated time, Σ width·(STEP_COST_IN_ROWS + copies·max(rows, ROW_FLOOR)),
-    is least (dynamic programming over the distinct lengths). The grouping decides the
-    time only: every row's outputs are the same in any group of at least ``ROW_FLOOR``
-    rows (a test).
+    rows, each copy padded to a multiple of ``ROW_FLOOR`` rows. The groups split the
+    sequences sorted by length where the estimated time, Σ width·(STEP_COST_IN_ROWS +
+    copies·padded rows), is least (dynamic programming over the distinct lengths). The
+    grouping decides the time only: a row's outputs have the same bits in any call whose
+    row count is a multiple of ``ROW_FLOOR`` (a test).
 
     >>> sequence_groups(np.array([1, 1, 2, 500, 3])).tolist()   # one call: all fit in 16 rows
     [0, 0, 0, 0, 0]
@@ -105,7 +105,7 @@ def sequence_groups(lengths: np.ndarray, copies: int = 1) -> np.ndarray:
     for j in range(1, len(values) + 1):   # best[j]: the j longest lengths grouped
         i = np.arange(j)
         cost = best[:j] + values[i] * (
-            STEP_COST_IN_ROWS + copies * np.maximum(rows[j] - rows[i], ROW_FLOOR))
+            STEP_COST_IN_ROWS + copies * -(-(rows[j] - rows[i]) // ROW_FLOOR) * ROW_FLOOR)
         start[j] = int(np.argmin(cost))
         best[j] = cost[start[j]]
     label = np.empty(len(values), np.int64)
