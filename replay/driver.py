@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,13 @@ def load_log(dataset: str, world: WorldSettings, seed: int,
     return load_dataset(dataset, kcore=kcore, **(columns or {}))
 
 
+def _when(ts: int | None) -> str:
+    """A unix time as an ISO date-time (UTC); an open bound as '(open)'."""
+    if ts is None:
+        return "(open)"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def open_source(config: ReplayConfig) -> ReplaySource:
     """Load (or generate) the stream a replay reads."""
     if config.dataset == "world":
@@ -85,8 +93,12 @@ def open_source(config: ReplayConfig) -> ReplaySource:
             rejected=[], user_features=world.user_features,
         )
     log = load_log(config.dataset, config.world, config.seed, config.columns, config.kcore)
-    log = log.time_window(config.start, config.end)
-    log = add_exposures(log, config.slate_size, seed=config.seed)
+    windowed = log.time_window(config.start, config.end)
+    if windowed.n_events == 0 and log.n_events > 0:
+        raise ValueError(f"no events of {log.name} in the window {_when(config.start)} … "
+                         f"{_when(config.end)}; the log runs from {_when(int(log.ts[0]))} "
+                         f"to {_when(int(log.ts[-1]))}")
+    log = add_exposures(windowed, config.slate_size, seed=config.seed)
     if config.max_events is not None:
         log = log.head(config.max_events)
     clicks = log.event == 1

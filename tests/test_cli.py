@@ -56,6 +56,16 @@ def test_replay_of_a_csv_with_malformed_lines_counts_them(tmp_path):
     assert shown.exit_code == 0 and "popularity" in shown.output
 
 
+def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_path):
+    path = tmp_path / "log.csv"
+    _csv(path)
+    result = runner.invoke(app, [
+        "replay", "--dataset", str(path), "--columns", "user=uid,item=iid,timestamp=when",
+        "--method", "popularity", "--start", "2030-01-01", "--quiet"])
+    assert result.exit_code == 2
+    assert "no events of" in result.output and "1970-01-12" in result.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["replay", "--method", "no-such-method", "--dataset", "world"], "unknown method"),
     (["replay", "--dataset", "/no/such/file.csv"], "unknown dataset"),
