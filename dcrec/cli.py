@@ -313,10 +313,7 @@ def groups(
 
     loaded = []
     for path in reports:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            _fail(f"cannot read report {path}: {error}")
+        report = _read_report(path)
         if not report.get("groups"):
             _fail(f"{path} has no activity groups")
         loaded.append(report)
@@ -374,7 +371,24 @@ def show(report: Path) -> None:
     """Print the Markdown summary of a replay report."""
     from dcrec.replay.report import replay_markdown
 
-    print(replay_markdown(json.loads(report.read_text())))
+    print(replay_markdown(_read_report(report)))
+
+
+# what every replay report holds (DESIGN.md's report contract)
+REPORT_PARTS = ("method", "dataset", "runtime", "seed", "events", "metrics", "comm", "perf")
+
+
+def _read_report(path: Path) -> dict:
+    """The replay report (JSON) at ``path``; a clear error if it is not one."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        _fail(f"cannot read report {path}: {error}")
+    missing = [part for part in REPORT_PARTS
+               if not isinstance(report, dict) or part not in report]
+    if missing:
+        _fail(f"{path} is not a dcrec replay report (no {', '.join(missing)})")
+    return report
 
 
 @app.command("eval")

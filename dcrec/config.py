@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -142,6 +142,16 @@ class ReplayConfig(_Strict):
     activity_groups: int = Field(20, ge=1)
     model: ModelConfig = ModelConfig()
     world: WorldSettings = WorldSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReplayConfig:
+        if self.columns and self.dataset in ("ml-100k", "world"):
+            raise ValueError(f"columns map a CSV/Parquet/JSON log's columns; {self.dataset} "
+                             "has its own")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"the window's start ({self.start}) must come before its end "
+                             f"({self.end})")
+        return self
 
 
 # --- the kafka runtime: broker, Redis, topics, workers ----------------------------------

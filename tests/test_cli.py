@@ -71,6 +71,10 @@ def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_
     (["replay", "--dataset", "/no/such/file.csv"], "unknown dataset"),
     (["replay", "--dataset", "world", "--cloud-interval", "soon"], "duration"),
     (["replay", "--dataset", "world", "--columns", "user"], "role=column"),
+    (["replay", "--dataset", "world", "--columns", "user=uid"], "world has its own"),
+    (["replay", "--start", "1998-02-01", "--end", "1998-01-01"], "must come before its end"),
+    (["show", "/no/such/report.json"], "cannot read report"),
+    (["show", "pyproject.toml"], "cannot read report"),
     (["eval", "--protocol", "kfold", "--dataset", "world"], "unknown protocol"),
     (["eval", "--negatives", "popular", "--dataset", "world"], "unknown --negatives"),
     (["data", "get", "ml-25m"], "unknown dataset"),
@@ -83,6 +87,14 @@ def test_bad_arguments_give_a_clear_error(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_show_of_a_json_that_is_no_replay_report_says_what_it_lacks(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text('{"metrics": {}}')
+    result = runner.invoke(app, ["show", str(path)])
+    assert result.exit_code == 2
+    assert "not a dcrec replay report" in result.output and "events" in result.output
 
 
 def test_groups_compares_replays_per_activity_group(tmp_path):
