@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -96,11 +97,12 @@ def run_redis_url(redis_url: str) -> str:
 
 @app.command()
 def transport(
-    rate: Annotated[float, typer.Option(help="records per second")] = 600.0,
-    messages: Annotated[int, typer.Option(help="records to send")] = 36_000,
-    linger_ms: Annotated[int, typer.Option(help="the producer's linger")] = 5,
-    fetch_max_wait_ms: Annotated[int, typer.Option(help="the consumer's fetch wait")] = 20,
-    partitions: Annotated[int, typer.Option(help="partitions of the probe topic")] = 4,
+    rate: Annotated[float, typer.Option(min=0.1, help="records per second")] = 600.0,
+    messages: Annotated[int, typer.Option(min=10, help="records to send")] = 36_000,
+    linger_ms: Annotated[int, typer.Option(min=0, help="the producer's linger")] = 5,
+    fetch_max_wait_ms: Annotated[int, typer.Option(
+        min=0, help="the consumer's fetch wait")] = 20,
+    partitions: Annotated[int, typer.Option(min=1, help="partitions of the probe topic")] = 4,
     broker: Annotated[str | None, typer.Option(
         help="an existing broker (default: an embedded one, started and stopped)")] = None,
 ) -> None:
@@ -128,11 +130,7 @@ def worker(run: RunOption, redis_url: RedisOption = "",
     scale out."""
     from dcrec.replay.kafka_replay import run_worker
 
-    try:
-        run_worker(run, run_redis_url(redis_url), metrics_port)
-    except ValueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+    _run_role(run_worker, run, run_redis_url(redis_url), metrics_port)
 
 
 @app.command()
@@ -141,8 +139,19 @@ def cloud(run: RunOption, redis_url: RedisOption = "",
     """The cloud jobs of a kafka run, as their own process."""
     from dcrec.replay.kafka_replay import run_cloud
 
+    _run_role(run_cloud, run, run_redis_url(redis_url), metrics_port)
+
+
+def _run_role(role: Callable[[str, str, int | None], None], run: str, redis_url: str,
+              metrics_port: int | None) -> None:
+    """Run a kafka run's role; an unknown run or an unreachable Redis is a clear error."""
+    import redis
+
     try:
-        run_cloud(run, run_redis_url(redis_url), metrics_port)
+        role(run, redis_url, metrics_port)
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    except redis.ConnectionError as error:
+        console.print(f"[red]error:[/red] cannot reach Redis at {redis_url}: {error}")
         raise typer.Exit(2) from None

@@ -182,6 +182,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
     stats = runtime.run(source.batches(config.micro_batch), progress)
     wall = time.perf_counter() - started
     if state_path is not None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(state_path, **runtime.state.columns)
 
     latencies = np.repeat(stats.batch_latency_ms, stats.batch_sizes) if stats.events else [0.0]

@@ -75,6 +75,8 @@ def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_
     (["replay", "--start", "1998-02-01", "--end", "1998-01-01"], "must come before its end"),
     (["show", "/no/such/report.json"], "cannot read report"),
     (["show", "pyproject.toml"], "cannot read report"),
+    (["worker", "--run", "r", "--redis", "redis://127.0.0.1:1"], "cannot reach Redis"),
+    (["transport", "--rate", "-1"], "--rate"),
     (["eval", "--protocol", "kfold", "--dataset", "world"], "unknown protocol"),
     (["eval", "--negatives", "popular", "--dataset", "world"], "unknown --negatives"),
     (["data", "get", "ml-25m"], "unknown dataset"),
