@@ -420,6 +420,7 @@ def eval_(
     again resumes, re-using the runs whose settings match."""
     from dcrec.replay.driver import load_log
     from dcrec.replay.offline_runner import (
+        METHODS,
         NEGATIVES,
         PROTOCOLS,
         kept_run,
@@ -440,6 +441,9 @@ def eval_(
     except ValueError:
         _fail(f"--seeds takes integers separated by commas, not {seeds!r}")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in method_list if m not in METHODS]
+    if unknown:
+        _fail(f"unknown method {unknown[0]!r} for eval; known: {', '.join(METHODS)}")
     settings = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
     try:
         mapping = parse_columns(columns)

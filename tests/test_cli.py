@@ -79,6 +79,7 @@ def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_
     (["transport", "--rate", "-1"], "--rate"),
     (["eval", "--protocol", "kfold", "--dataset", "world"], "unknown protocol"),
     (["eval", "--negatives", "popular", "--dataset", "world"], "unknown --negatives"),
+    (["eval", "--dataset", "world", "--methods", "gru4rec,nope"], "unknown method 'nope'"),
     (["data", "get", "ml-25m"], "unknown dataset"),
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
