@@ -240,12 +240,18 @@ def bench(
 ) -> None:
     """Measure events/s and latency of a runtime per preset; append to BENCHMARKS.md."""
     from dcrec.replay.bench import append_benchmarks, bench_kafka, bench_local, markdown_section
+    from dcrec.streams.presets import check_methods
 
     if runtime not in ("local", "kafka"):
         _fail(f"unknown runtime {runtime!r}; known: local, kafka")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        check_methods(method_list)   # before the first is measured
+    except ValueError as error:
+        _fail(str(error))
     world = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
     rows = []
-    for method in [m.strip() for m in methods.split(",") if m.strip()]:
+    for method in method_list:
         config = _config(ReplayConfig, dataset=dataset, method=method, seed=seed,
                          max_events=max_events, world=world)
         console.print(f"bench {runtime} {method} …")

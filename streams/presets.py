@@ -249,11 +249,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def check_methods(methods: list[str]) -> None:
+    """ValueError naming the first of ``methods`` that is no preset."""
+    for method in methods:
+        if method not in PRESETS:
+            known = ", ".join(sorted(PRESETS))
+            raise ValueError(f"unknown method {method!r}; known: {known}")
+
+
 def build_pipeline(method: str, ctx: PresetContext) -> Pipeline:
     """The pipeline of preset ``method``."""
-    try:
-        preset = PRESETS[method]
-    except KeyError:
-        known = ", ".join(sorted(PRESETS))
-        raise ValueError(f"unknown method {method!r}; known: {known}") from None
-    return preset.build(ctx)
+    check_methods([method])
+    return PRESETS[method].build(ctx)

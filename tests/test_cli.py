@@ -92,6 +92,13 @@ def test_bad_arguments_give_a_clear_error(args, message):
     assert message in result.output
 
 
+def test_bench_refuses_an_unknown_method_before_measuring_any(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = runner.invoke(app, ["bench", "--methods", "popularity,nope", "--out", str(out)])
+    assert result.exit_code == 2 and "unknown method 'nope'" in result.output
+    assert "bench local popularity" not in result.output and not out.exists()
+
+
 def test_show_of_a_json_that_is_no_replay_report_says_what_it_lacks(tmp_path):
     path = tmp_path / "other.json"
     path.write_text('{"metrics": {}}')
