@@ -24,7 +24,11 @@ class GRU4Rec(DotProductRecommender):
     """
 
     cut_windows_exact = True
-    score_rows = 128  # with cut windows: shorter chunks, less padding (same bits)
+    # rows per scoring call, windows sorted by length and cut (same bits at any size):
+    # ML-100K's 28k scored clicks of 150k events take 2.5–2.9 s in chunks of 128 and
+    # 1.9–2.3 s in chunks of 1,024 at two threads (equal at one; the world's short
+    # windows: 0.39 → 0.37 s)
+    score_rows = 1024
 
     def __init__(self, n_items: int, embedding_dim: int = 64, hidden_dim: int = 64,
                  num_layers: int = 1, dropout: float = 0.3) -> None:
