@@ -488,6 +488,8 @@ def kafka_session(config: ReplayConfig, source: ReplaySource,
         # run started are stopped rather than left running
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with endpoints(settings, log_dir) as ends:
+        # an unreachable Redis at the start is an error now, not half an hour of back-off
+        redis_client(ends.redis, backoff_max=None).ping()
         client = redis_client(ends.redis, settings.redis_backoff_max)
         create_topics(ends.broker, settings, namespace=run)
         write_spec(client, run, config, settings, ends.broker, aligned=settings.speed == 0)

@@ -366,6 +366,19 @@ def test_a_slice_that_waited_across_a_rebalance_is_abandoned_not_committed(servi
     assert read_progress(worker.client, RunKeys(run), [0])[0].next_slice == 1
 
 
+def test_a_broker_that_cannot_be_reached_is_a_clear_error(services):
+    from typer.testing import CliRunner
+
+    from dcrec.cli import app
+
+    result = CliRunner().invoke(app, [
+        "replay", "--dataset", "world", "--world-users", "50", "--world-events", "1000",
+        "--runtime", "kafka", "--broker", "127.0.0.1:1", "--redis", services.redis.url,
+        "--quiet"])
+    assert result.exit_code == 2
+    assert "cannot use its broker 127.0.0.1:1" in result.output
+
+
 def test_the_transport_probe_receives_every_record_it_sends(services):
     from dcrec.infra.broker_probe import transport_latency
 
