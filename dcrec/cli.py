@@ -189,9 +189,6 @@ def replay(
         watching = replay_dashboard(config, board_settings)
     else:
         watching = nullcontext()
-    import redis
-    from kafka.errors import KafkaError
-
     with watching as board, tqdm(total=source.n_events, unit="ev", unit_scale=True,
                                  disable=quiet, desc=f"{config.method} on {source.name}") as bar:
         if board is not None:
@@ -205,10 +202,6 @@ def replay(
             _fail(str(error))
         except RuntimeError as error:  # a kafka run's service or process failed
             _fail(f"{error}")
-        except KafkaError as error:   # only the kafka runtime talks to a broker
-            _fail(f"the kafka runtime cannot use its broker {broker or '(embedded)'}: {error}")
-        except redis.ConnectionError as error:
-            _fail(f"the kafka runtime cannot reach Redis: {error}")
         if board is not None:
             board.finish(result)
     if report is not None:
@@ -265,7 +258,7 @@ def bench(
         try:
             rows.append(bench_local(config) if runtime == "local" else bench_kafka(
                 config, _kafka_settings(None, workers, "", ""), latency_load))
-        except ValueError as error:
+        except (ValueError, RuntimeError) as error:  # RuntimeError: a kafka run failed
             _fail(str(error))
     section = markdown_section(rows)
     append_benchmarks(section, out)

@@ -471,6 +471,25 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _reachable(redis_url: str, broker: str, settings: KafkaRuntimeSettings, run: str) -> None:
+    """Check Redis once (no back-off: an unreachable one at the start is an error, not
+    half an hour of retries) and create the run's topics on the broker; RuntimeError
+    saying which cannot be used."""
+    from kafka.errors import KafkaError
+
+    try:
+        with redis_client(redis_url, backoff_max=None) as probe:
+            probe.ping()
+    except redis.ConnectionError as error:
+        raise RuntimeError(f"the kafka runtime cannot reach Redis at {redis_url}: "
+                           f"{error}") from None
+    try:
+        create_topics(broker, settings, namespace=run)
+    except KafkaError as error:
+        raise RuntimeError(f"the kafka runtime cannot use its broker {broker}: "
+                           f"{error}") from None
+
+
 @contextmanager
 def kafka_session(config: ReplayConfig, source: ReplaySource,
                   settings: KafkaRuntimeSettings, run: str | None = None,
@@ -488,10 +507,8 @@ def kafka_session(config: ReplayConfig, source: ReplaySource,
         # run started are stopped rather than left running
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with endpoints(settings, log_dir) as ends:
-        # an unreachable Redis at the start is an error now, not half an hour of back-off
-        redis_client(ends.redis, backoff_max=None).ping()
+        _reachable(ends.redis, ends.broker, settings, run)
         client = redis_client(ends.redis, settings.redis_backoff_max)
-        create_topics(ends.broker, settings, namespace=run)
         write_spec(client, run, config, settings, ends.broker, aligned=settings.speed == 0)
         processes = KafkaRun(run, ends.redis, log_dir, aligned=settings.speed == 0,
                              settings=settings)

@@ -69,8 +69,8 @@ def test_f2s_and_s2f_payloads_round_trip_through_the_wire_codec():
     np.testing.assert_allclose(hint_payload(hint), payload, atol=2e-3)
 
 
-def _pipeline(variant: str):
-    return build_mc2sf(variant, n_users=4, n_items=N_ITEMS, seed=0, max_len=6,
+def _pipeline(variant: str, n_users: int = 4):
+    return build_mc2sf(variant, n_users=n_users, n_items=N_ITEMS, seed=0, max_len=6,
                        embedding_dim=D, training=TrainingConfig(batch_size=8),
                        upload_interval=3600)
 
@@ -122,9 +122,7 @@ def test_the_negative_memory_has_the_same_bits_however_devices_share_a_gru_call(
     items = rng.integers(0, N_ITEMS, len(users))
     states = {}
     for alone in (False, True):
-        processor, _, _ = build_mc2sf("mc2sf", n_users=n, n_items=N_ITEMS, seed=0, max_len=6,
-                                      embedding_dim=D, training=TrainingConfig(batch_size=8),
-                                      upload_interval=3600)
+        processor, _, _ = _pipeline("mc2sf", n_users=n)
         for device in range(0, n, 3):   # an S2F state of its own, from a hint
             processor.on_hint(hint_event(device, 0, np.linspace(-1, 1, 2 * D) * device / n))
         table = DeviceStateTable(processor.state_spec, n)
