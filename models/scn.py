@@ -129,20 +129,30 @@ class SCN(DotProductRecommender):
         return Correction(match_statistics(attn[..., :k], values["attn"], causal),
                           match_statistics(bias, values["bias"]))
 
-    def mini_batch_outputs(self, W: torch.Tensor, b: torch.Tensor, items: torch.Tensor,
-                           rows: torch.Tensor | None = None,
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """User vectors ``[N, K, d]`` after each of a mini-batch's tokens ``items [N, K]``
-        from TTT state ``(W, b)``, and the state after the K-th token. With ``rows``
-        (the GCN's correction rows for these tokens) the outputs are corrected."""
-        x = self.hidden(items)
-        p = self.ttt.project(x)
+    def mini_batch_heads(self, W: torch.Tensor, b: torch.Tensor,
+                         projected: dict[str, torch.Tensor], rows: torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The heads' outputs ``[N, H, K, f]`` after each of a mini-batch's tokens, given
+        their projections (:meth:`TTTLinear.project` of their hidden states), from TTT
+        state ``(W, b)``, and the state after the K-th token. With ``rows`` (the GCN's
+        correction rows for these tokens) the outputs are corrected (Eq. 15)."""
+        p = projected
         args = (W, b, p["XQ"], p["XK"], p["XV"], p["lr"])
         out, W_next, b_next, values = self.ttt.mini_batch(*args)
         if rows is not None:
             assert self.gcn is not None
             out, _, _, _ = self.ttt.mini_batch(*args, self.correction_for(rows, values),
                                                self.gcn.P, self.gcn.Q)
+        return out, W_next, b_next
+
+    def mini_batch_outputs(self, W: torch.Tensor, b: torch.Tensor, items: torch.Tensor,
+                           rows: torch.Tensor | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """User vectors ``[N, K, d]`` after each of a mini-batch's tokens ``items [N, K]``
+        from TTT state ``(W, b)``, and the state after the K-th token; corrected with
+        ``rows`` as :meth:`mini_batch_heads`."""
+        out, W_next, b_next = self.mini_batch_heads(W, b, self.ttt.project(self.hidden(items)),
+                                                    rows)
         return self.readout(out), W_next, b_next
 
     def outputs(self, items: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,33 @@ class CorrectionService(RequestService):
         return answers
 
 
+@dataclass(frozen=True)
+class Segment:
+    """The clicks of a batch that fall in their devices' s-th mini-batch of the batch
+    (counted from each device's current one), one row per device."""
+
+    clicks: np.ndarray   # the clicks' indices among the batch's clicks, in order
+    dev: np.ndarray      # the devices' state rows, sorted
+    slot: np.ndarray     # per click: its device's index in ``dev``
+    place: np.ndarray    # per click: its place in the mini-batch
+    full: np.ndarray     # per device: its mini-batch is full after this segment
+    tokens: np.ndarray   # the mini-batches' tokens so far, rows padded to ROW_FLOOR
+
+    @classmethod
+    def plan(cls, state: StateRows, rows: np.ndarray, place: np.ndarray, items: np.ndarray,
+             k: np.ndarray, b: int) -> Segment:
+        """Clicks ``k`` join their mini-batches' tokens in ``state``; a mini-batch now
+        full starts empty for the next segment."""
+        state["tokens"][rows[k], place[k]] = items[k]
+        dev = np.unique(rows[k])
+        slot = np.searchsorted(dev, rows[k])
+        full = np.zeros(len(dev), bool)
+        full[slot[place[k] == b - 1]] = True
+        tokens = pad_rows(state["tokens"][dev])
+        state["tokens"][dev[full]] = 0
+        return cls(k, dev, slot, place[k], full, tokens)
+
+
 @dataclass
 class Clicked:
     """Per click of a batch: the device's user vector after it, and its corrected form
@@ -163,11 +190,23 @@ class TTTProcessor:
                           np.zeros(len(items), bool))
         first_served = self._serving_vector(state, rows)
         out = Outputs(scores=np.zeros((0, 0), np.float32))
-        for s in range(int(segment.max(initial=-1)) + 1):
-            k = np.flatnonzero(segment == s)   # each device's clicks in its s-th mini-batch
-            state["tokens"][rows[k], place[k]] = items[k]
-            self._mini_batch(state, batch.devices, rows[k], place[k], before[k],
-                             events.ts[clicks][k], k, clicked, out)
+        segments = [Segment.plan(state, rows, place, items, np.flatnonzero(segment == s), b)
+                    for s in range(int(segment.max(initial=-1)) + 1)]
+        # every segment's tokens through the embedding and projections in one call
+        hidden, projected = self._project(segments)
+        heads = torch.empty(len(items), self.model.heads, 1, self.model.ttt.head_dim)
+        first = 0
+        for seg in segments:
+            rows_of = slice(first, first + len(seg.tokens))
+            first = rows_of.stop
+            seg_projected = {name: v[rows_of] for name, v in projected.items()}
+            start = self._mini_batch(state, seg, seg_projected, heads)
+            if self.corrected:
+                self._correct(batch.devices, rows, before, events.ts[clicks], seg, start,
+                              hidden[rows_of], seg_projected, clicked, out)
+        if len(items):
+            clicked.vector[:] = self.model.readout(
+                torch.from_numpy(pad_rows(heads.numpy())))[:len(items), 0].numpy()
         state["clicks"] += np.bincount(rows, minlength=len(state["clicks"])).astype(np.int32)
         previous, last = neighbours(rows)
         has_previous = previous >= 0
@@ -194,43 +233,43 @@ class TTTProcessor:
         arrived = state["corrected"][dev] == 1
         return np.where(arrived[:, None], state["user_corrected"][dev], state["user"][dev])
 
-    def _mini_batch(self, state: StateRows, devices: np.ndarray, rows: np.ndarray,
-                    place: np.ndarray, before: np.ndarray, ts: np.ndarray, k: np.ndarray,
-                    clicked: Clicked, out: Outputs) -> None:
-        """Clicks ``k`` (devices ``rows`` at ``place``, in order) fall in their devices'
-        current mini-batch: recompute each such mini-batch from its TTT state, keep every
-        click's output, advance the state of the mini-batches now full."""
-        model, b = self.model, self.model.mini_batch_size
-        dev = np.unique(rows)
-        slot = np.searchsorted(dev, rows)
-        n = len(dev)
-        W, bias, tokens = (torch.from_numpy(pad_rows(state[name][dev]))
-                           for name in ("W", "b", "tokens"))
-        tokens = tokens.long()
-        user, W_next, b_next = model.mini_batch_outputs(W, bias, tokens)
-        at = torch.from_numpy(slot), torch.from_numpy(place.astype(np.int64))
-        clicked.vector[k] = user[at].numpy()
-        if self.corrected:
-            self._correct(devices, rows, place, before, ts, slot, (W, bias, tokens),
-                          k, clicked, out)
-        full = np.zeros(n, bool)
-        full[slot[place == b - 1]] = True
-        state["W"][dev[full]] = W_next[:n].numpy()[full]
-        state["b"][dev[full]] = b_next[:n].numpy()[full]
-        state["tokens"][dev[full]] = 0
+    def _project(self, segments: list[Segment]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The hidden states (Eq. 8) and projections (Eq. 9–10) of every segment's
+        mini-batch tokens, stacked in segment order. A row's values do not depend on the
+        rows around it (each segment's rows are a multiple of ``ROW_FLOOR``)."""
+        tokens = np.concatenate([seg.tokens for seg in segments] or
+                                [np.zeros((0, self.model.mini_batch_size), np.int32)])
+        hidden = self.model.hidden(torch.from_numpy(tokens).long())
+        return hidden, self.model.ttt.project(hidden)
 
-    def _correct(self, devices: np.ndarray, rows: np.ndarray, place: np.ndarray,
-                 before: np.ndarray, ts: np.ndarray, slot: np.ndarray,
-                 mini_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                 k: np.ndarray, clicked: Clicked, out: Outputs) -> None:
+    def _mini_batch(self, state: StateRows, seg: Segment, projected: dict[str, torch.Tensor],
+                    heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recompute each of the segment's mini-batches from its device's TTT state,
+        keep every click's heads' output, advance the state of the mini-batches now
+        full. Returns the states the mini-batches started from."""
+        W, bias = (torch.from_numpy(pad_rows(state[name][seg.dev])) for name in ("W", "b"))
+        out, W_next, b_next = self.model.mini_batch_heads(W, bias, projected)
+        heads[torch.from_numpy(seg.clicks), :, 0] = out[torch.from_numpy(seg.slot), :,
+                                                        torch.from_numpy(seg.place)]
+        n, full = len(seg.dev), seg.full
+        state["W"][seg.dev[full]] = W_next[:n].numpy()[full]
+        state["b"][seg.dev[full]] = b_next[:n].numpy()[full]
+        return W, bias
+
+    def _correct(self, devices: np.ndarray, rows: np.ndarray, before: np.ndarray,
+                 ts: np.ndarray, seg: Segment, start: tuple[torch.Tensor, torch.Tensor],
+                 hidden: torch.Tensor, projected: dict[str, torch.Tensor], clicked: Clicked,
+                 out: Outputs) -> None:
         """Ask the cloud for the correction of each click's token (Eq. 13) and fuse what
-        comes back into the click's corrected output (Eq. 14–15)."""
-        model = self.model
-        W, bias, tokens = mini_batch
-        hidden = model.hidden(tokens).numpy().astype(WIRE_DTYPE)
+        comes back into the click's corrected output (Eq. 14–15); ``start``: the TTT
+        states the segment's mini-batches started from."""
+        model, k, slot, place = self.model, seg.clicks, seg.slot, seg.place
+        rows, before, ts = rows[k], before[k], ts[k]
+        payloads = hidden.numpy().astype(WIRE_DTYPE)
         version = self.version.version if self.version is not None else 0
         requests = [ParamRequest(device=int(devices[r]), ts=int(t), kind="correction",
-                                 payload=hidden[s, :p + 1].tobytes(), position=int(q),
+                                 payload=payloads[s, :p + 1].tobytes(), position=int(q),
                                  version=version)
                     for r, t, s, p, q in zip(rows.tolist(), ts.tolist(), slot.tolist(),
                                              place.tolist(), before.tolist(), strict=True)]
@@ -244,13 +283,15 @@ class TTTProcessor:
         if not got:
             return
         assert model.gcn is not None
+        W, bias = start
         rows_t = torch.zeros(len(W), model.mini_batch_size, model.gcn.row_width)
         for i in got:
             payload = responses[i].payload  # type: ignore[union-attr]
             rows_t[slot[i], place[i]] = torch.from_numpy(
                 np.frombuffer(payload, WIRE_DTYPE).astype(np.float32))
             out.bytes_down += len(payload)
-        corrected, _, _ = model.mini_batch_outputs(W, bias, tokens, rows_t)
+        heads, _, _ = model.mini_batch_heads(W, bias, projected, rows_t)
+        corrected = model.readout(heads)
         got_a = np.asarray(got)
         clicked.corrected_vector[k[got_a]] = corrected[slot[got_a], place[got_a]].numpy()
         clicked.corrected[k[got_a]] = True
