@@ -234,16 +234,28 @@ def bench(
     workers: Annotated[int, typer.Option(help="kafka: device workers")] = 2,
     latency_load: Annotated[float, typer.Option(
         min=0.01, max=1.0, help="kafka: latency is measured at this share of throughput")] = 0.5,
+    flops: Annotated[bool, typer.Option(help=(
+        "local: also count the device path's FLOPs (a second replay per preset) and "
+        "set them against this machine's matrix-product rate"))] = False,
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Markdown file the results are appended to")] = Path(
         "BENCHMARKS.md"),
 ) -> None:
     """Measure events/s and latency of a runtime per preset; append to BENCHMARKS.md."""
-    from dcrec.replay.bench import append_benchmarks, bench_kafka, bench_local, markdown_section
+    from dcrec.replay.bench import (
+        append_benchmarks,
+        bench_kafka,
+        bench_local,
+        gemm_gflops,
+        markdown_section,
+    )
     from dcrec.streams.presets import check_methods
 
     if runtime not in ("local", "kafka"):
         _fail(f"unknown runtime {runtime!r}; known: local, kafka")
+    if flops and runtime != "local":
+        _fail("--flops counts the device path of the local runtime; a kafka run's "
+              "device path is the same code")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         check_methods(method_list)   # before the first is measured
@@ -256,11 +268,11 @@ def bench(
                          max_events=max_events, world=world)
         console.print(f"bench {runtime} {method} …")
         try:
-            rows.append(bench_local(config) if runtime == "local" else bench_kafka(
+            rows.append(bench_local(config, flops) if runtime == "local" else bench_kafka(
                 config, _kafka_settings(None, workers, "", ""), latency_load))
         except (ValueError, RuntimeError) as error:  # RuntimeError: a kafka run failed
             _fail(str(error))
-    section = markdown_section(rows)
+    section = markdown_section(rows, gemm_rate=gemm_gflops() if flops else None)
     append_benchmarks(section, out)
     print(section)
     console.print(f"appended to {out}")

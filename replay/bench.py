@@ -8,6 +8,11 @@ with the machine, the command and the date.
   *Latency*: paced at ``latency_load`` of that throughput, so queues stay short; p50/p99
   of event-to-state latency (producer send → the Redis commit holding the event's
   effect). An unpaced run's latency only measures how long its queue grew.
+- **device-path arithmetic** (local, ``flops``): a second replay counts the FLOPs of
+  the device processor's matrix products (torch's ``FlopCounterMode``: GRU, MLP and
+  attention products; element-wise work is not counted); divided into this machine's
+  float32 matrix-product rate they give the device path's ceiling — the events/s no
+  implementation of the same arithmetic passes here.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -94,20 +100,41 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
         return p50_p99_ms(lambda: decide(next(windows)), repeats)
 
 
-def bench_local(config: ReplayConfig) -> dict:
+def gemm_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's float32 matrix-product rate at torch's thread count: GFLOP/s of
+    ``[2·size, size] @ [size, size]`` repeated for ``seconds``."""
+    import torch
+
+    a, b = torch.randn(2 * size, size), torch.randn(size, size)
+    a @ b   # first-call set-up
+    repeats, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        a @ b
+        repeats += 1
+    return 2.0 * 2 * size * size * size * repeats / elapsed / 1e9
+
+
+def bench_local(config: ReplayConfig, flops: bool = False) -> dict:
+    """One timed replay; with ``flops``, a second one counting the device path's FLOPs."""
     report = run_replay(config)
     perf = report["perf"]
     latency = "micro-batch"
     if config.method in EDGE_DECISIONS:
         p50, p99 = edge_decision_ms(config)
         latency += f"; request decision p50/p99 {p50:.2f}/{p99:.2f} ms per click, one device"
-    return {"runtime": "local", "method": config.method, "dataset": report["dataset"],
-            "events": report["events"]["clicks"] + report["events"]["exposures"],
-            "events_per_second": perf["events_per_second"],
-            "device_events_per_second": perf["device_events_per_second"],
-            "p50_ms": perf["p50_ms"], "p99_ms": perf["p99_ms"], "latency": latency,
-            "peak_rss_mb": perf["peak_rss_mb"],
-            "state_bytes_per_device": perf["state_bytes_per_device"]}
+    events = report["events"]["clicks"] + report["events"]["exposures"]
+    row = {"runtime": "local", "method": config.method, "dataset": report["dataset"],
+           "events": events, "events_per_second": perf["events_per_second"],
+           "device_events_per_second": perf["device_events_per_second"],
+           "p50_ms": perf["p50_ms"], "p99_ms": perf["p99_ms"], "latency": latency,
+           "peak_rss_mb": perf["peak_rss_mb"],
+           "state_bytes_per_device": perf["state_bytes_per_device"]}
+    if flops:
+        counted = run_replay(config, count_flops=True)
+        row["device_flops_per_event"] = counted["perf"]["device_flops"] / max(events, 1)
+        row["device_flops_per_scored_click"] = (counted["perf"]["device_flops"]
+                                                / max(counted["events"]["evaluated"], 1))
+    return row
 
 
 def bench_kafka(config: ReplayConfig, settings: KafkaRuntimeSettings,
@@ -136,8 +163,11 @@ def bench_kafka(config: ReplayConfig, settings: KafkaRuntimeSettings,
             "lost_or_doubled_devices": counters["mismatched_devices"]}
 
 
-def markdown_section(rows: list[dict], command: str | None = None) -> str:
-    """A dated section of BENCHMARKS.md: machine, command, one table row per result."""
+def markdown_section(rows: list[dict], command: str | None = None,
+                     gemm_rate: float | None = None) -> str:
+    """A dated section of BENCHMARKS.md: machine, command, one table row per result;
+    and the device-path arithmetic of the rows that counted it, against this machine's
+    matrix-product rate ``gemm_rate`` (GFLOP/s)."""
     command = command or "dcrec " + shlex.join(sys.argv[1:])
     lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
              f"- machine: {machine()}", f"- command: `{command}`", "",
@@ -150,6 +180,22 @@ def markdown_section(rows: list[dict], command: str | None = None) -> str:
             f"| {r['events_per_second']:,.0f} | {r['device_events_per_second']:,.0f} "
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['latency']} "
             f"| {r['peak_rss_mb']:,.0f} | {r['state_bytes_per_device']:,} |")
+    counted = [r for r in rows if "device_flops_per_event" in r]
+    if counted and gemm_rate is not None:
+        lines += ["", f"Device-path arithmetic: FLOPs of the device processor's matrix "
+                  f"products (a second, counted replay), against this machine's float32 "
+                  f"matrix products at {gemm_rate:.1f} GFLOP/s; the ceiling is that rate "
+                  f"divided by the FLOPs per event.", "",
+                  "| method | dataset | MFLOP/event | MFLOP/scored click | ceiling events/s "
+                  "| device path events/s | of the ceiling |", "|" + " --- |" * 7]
+        for r in counted:
+            per_event, measured = r["device_flops_per_event"], r["device_events_per_second"]
+            ceiling = gemm_rate * 1e9 / per_event if per_event > 0 else None
+            lines.append(
+                f"| {r['method']} | {r['dataset']} | {per_event / 1e6:.3f} "
+                f"| {r['device_flops_per_scored_click'] / 1e6:.3f} "
+                f"| {f'{ceiling:,.0f}' if ceiling else '—'} | {measured:,.0f} "
+                f"| {f'{measured / ceiling:.0%}' if ceiling else '—'} |")
     return "\n".join(lines) + "\n"
 
 

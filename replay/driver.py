@@ -144,17 +144,22 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
                progress: Callable[[int], None] | None = None,
                kafka: KafkaRuntimeSettings | None = None,
                state_path: Path | None = None,
-               on_kafka_run: Callable[[str, str], None] | None = None) -> dict:
+               on_kafka_run: Callable[[str, str], None] | None = None,
+               count_flops: bool = False) -> dict:
     """Replay and evaluate; returns the report (DESIGN.md's contract). The kafka
     runtime takes its broker, Redis and worker settings from ``kafka``, and calls
     ``on_kafka_run`` with the run id and its Redis URL once the run's processes are up.
     ``state_path`` (local runtime): keep every device's final state there, one array
-    per field (npz). Either runtime records into the process's live metrics."""
+    per field (npz). ``count_flops`` (local runtime): count the device path's FLOPs
+    into ``perf`` (it slows the device path: its timings are then not the method's).
+    Either runtime records into the process's live metrics."""
     source = source or open_source(config)
     if config.runtime == "kafka":
         if state_path is not None:
             raise ValueError("device state files come from the local runtime; a kafka "
                              "run keeps device state in Redis")
+        if count_flops:
+            raise ValueError("FLOPs are counted in the local runtime")
         from dcrec.replay.kafka_replay import run_kafka_replay
 
         return run_kafka_replay(config, source, kafka or KafkaRuntimeSettings(), progress,
@@ -177,7 +182,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             meter.ranked(evaluator.ranks[-1], evaluator.aucs[-1])
 
     runtime = LocalRuntime(pipeline, source.n_users, source.sampler.sample, score,
-                           config.cloud_interval, config.warmup, meter)
+                           config.cloud_interval, config.warmup, meter, count_flops)
     started = time.perf_counter()
     stats = runtime.run(source.batches(config.micro_batch), progress)
     wall = time.perf_counter() - started
@@ -224,6 +229,7 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             # a trained preset's metrics are bit-reproducible for one torch thread
             # count, not across them (docs/performance.md)
             "training_threads": torch.get_num_threads(),
+            **({"device_flops": stats.device_flops} if count_flops else {}),
         },
         "groups": evaluator.activity_groups(runtime.clicks_seen, config.activity_groups),
         "rounds": cloud_rounds(evaluator, stats.job_marks),

@@ -9,6 +9,7 @@ events in order, scoring every click before learning from it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.live_metrics import Meter
 from dcrec.streams.processor import CloudJob, DeviceBatch, DeviceProcessor, Outputs
 from dcrec.streams.schema import CLICK, Hint, Release, Threshold, Upload, encode
+from torch.utils.flop_counter import FlopCounterMode
 
 # (positions, users, clicked items) -> candidates [N, 1 + negatives]
 CandidateSampler = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -60,6 +62,8 @@ class RunStats:
     upload_bytes: int = 0
     cloud_seconds: float = 0.0
     device_seconds: float = 0.0
+    # floating-point operations of the device processor's matrix products, when counted
+    device_flops: int = 0
     # MRS thresholds the cloud set, with the demand and load they came from
     thresholds: list[dict] = field(default_factory=list)
     # each cloud job: (its event time, clicks evaluated before it) — where rounds begin
@@ -84,8 +88,10 @@ class LocalRuntime:
 
     def __init__(self, pipeline: Pipeline, n_devices: int, sample_candidates: CandidateSampler,
                  on_scores: ScoreSink, cloud_interval: int, warmup: int,
-                 meter: Meter | None = None) -> None:
+                 meter: Meter | None = None, count_flops: bool = False) -> None:
         self.pipeline = pipeline
+        # count the device processor's FLOPs (torch's FlopCounterMode: slows it down)
+        self.count_flops = count_flops
         self.meter = meter  # the process's live metrics, recorded per batch and job
         self.state = DeviceStateTable(pipeline.processor.state_spec, n_devices)
         self.sample_candidates = sample_candidates
@@ -164,7 +170,11 @@ class LocalRuntime:
                                             batch.item[evaluate])
         device_batch = DeviceBatch.build(batch, evaluate, candidates)
         rows = self.state.gather(device_batch.devices)
-        new_rows, out = self.pipeline.processor(rows, device_batch)
+        counter = FlopCounterMode(display=False) if self.count_flops else None
+        with counter or contextlib.nullcontext():
+            new_rows, out = self.pipeline.processor(rows, device_batch)
+        if counter is not None:
+            self.stats.device_flops += counter.get_total_flops()
         self.state.scatter(device_batch.devices, new_rows)
         np.add.at(self.clicks_seen, batch.user[clicks], 1)
         elapsed = time.perf_counter() - started

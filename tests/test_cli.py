@@ -86,6 +86,7 @@ def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_
     (["data", "get", "ml-25m"], "unknown dataset"),
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
+    (["bench", "--runtime", "kafka", "--flops"], "--flops counts the device path"),
     (["curve", "--budgets", "0.2,1.5"], "share of clicks"),
     (["curve", "--methods", "isolation-forest"], "unknown request agent"),
 ])
@@ -228,6 +229,19 @@ def test_bench_appends_a_dated_section_with_machine_and_command(tmp_path):
     text = out.read_text()
     assert text.count("- machine: ") == 2 and text.count("- command: `dcrec ") == 2
     assert text.count("| local | popularity | world | 2,000 |") == 2
+
+
+def test_bench_flops_set_each_device_path_against_the_machines_matrix_products(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = runner.invoke(app, ["bench", "--methods", "popularity,gru4rec", "--flops",
+                                 "--world-users", "50", "--world-items", "150",
+                                 "--world-events", "2000", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = out.read_text().split("Device-path arithmetic")[1]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in table.splitlines() if line.startswith("| ") and " world " in line}
+    assert rows["popularity"][2] == "0.000" and rows["popularity"][4] == "—"   # numpy only
+    assert float(rows["gru4rec"][2]) > 0 and rows["gru4rec"][4] != "—"
 
 
 def test_curve_tabulates_the_agents_between_the_bounds_and_resumes(tmp_path):

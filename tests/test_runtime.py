@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from dcrec.models.metrics import RankingEvaluator
 from dcrec.replay.driver import open_source, run_replay
 from dcrec.replay.log import InteractionLog
@@ -150,6 +151,24 @@ def test_cloud_jobs_fire_at_interval_boundaries_and_cut_the_batches():
     assert stats.cloud_jobs == len(clock.fired)
 
 
+class ProductPerEvent:
+    """One ``[1, 8] @ [8, 4]`` matrix product per event (64 FLOPs), no scores."""
+
+    state_spec = {}  # noqa: RUF012
+
+    def __call__(self, state: StateRows, batch: DeviceBatch) -> tuple[StateRows, Outputs]:
+        torch.ones(len(batch.events), 8) @ torch.ones(8, 4)
+        return state, Outputs(scores=np.zeros(batch.candidates.shape, np.float32))
+
+
+def test_counted_flops_are_the_device_processors_matrix_products():
+    log = _log()
+    runtime, _ = _runtime(ProductPerEvent(), log)
+    runtime.count_flops = True
+    stats = runtime.run(log.batches(64))
+    assert stats.events == log.n_events and stats.device_flops == 64 * stats.events
+
+
 def _small_world(method: str, seed: int = 0, micro_batch: int = 4096) -> ReplayConfig:
     return ReplayConfig(dataset="world", method=method, seed=seed, micro_batch=micro_batch,
                         n_negatives=20,
@@ -171,6 +190,14 @@ def test_same_seed_gives_an_identical_report(method):
     assert first["events"]["evaluated"] > 100
     other = _small_world(method, seed=1)
     assert _outcome(run_replay(other, open_source(other))) != _outcome(first)
+
+
+def test_counting_flops_leaves_the_replay_unchanged():
+    config = _small_world("gru4rec")
+    plain = run_replay(config, open_source(config))
+    counted = run_replay(config, open_source(config), count_flops=True)
+    assert _outcome(counted) == _outcome(plain)
+    assert counted["perf"]["device_flops"] > 0 and "device_flops" not in plain["perf"]
 
 
 def test_the_report_splits_quality_into_cloud_rounds():
