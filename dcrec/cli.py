@@ -50,11 +50,33 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _config(cls, **values):
+def _config(cls, options: dict[str, str] | None = None, **values):
+    """``cls(**values)``, None values left to its defaults. A value the configuration
+    refuses is a clear error naming the command-line option it came from (``options``
+    maps a field to its option where that is not ``--field-name``)."""
     try:
         return cls(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as error:
-        _fail(str(error))
+        _fail("; ".join(_refusal(e, options or {}) for e in error.errors()))
+
+
+def _refusal(error: dict, options: dict[str, str]) -> str:
+    """One refused value as ``--option value: why``."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:   # a check across fields names them itself
+        return message
+    field = str(error["loc"][0])
+    return f"{options.get(field, '--' + field.replace('_', '-'))} {error['input']!r}: {message}"
+
+
+WORLD_OPTIONS = {"users": "--world-users", "items": "--world-items",
+                 "events": "--world-events"}
+
+
+def _world(users: int | None, items: int | None, events: int | None,
+           options: dict[str, str] = WORLD_OPTIONS) -> WorldSettings:
+    """The synthetic world's size from its options."""
+    return _config(WorldSettings, options, users=users, items=items, events=events)
 
 
 @app.callback()
@@ -176,9 +198,10 @@ def replay(
         model=_config(ModelConfig, epochs_per_job=epochs_per_job, replay_ratio=replay_ratio,
                       embedding_dim=embedding_dim,
                       lr=lr, l2=l2),
-        world=_config(WorldSettings, users=world_users, items=world_items, events=world_events),
+        world=_world(world_users, world_items, world_events),
     )
     board_settings = _config(DashboardSettings, port=port)
+    kafka = _kafka_settings(speed, workers, broker, redis_url)
     try:
         source = open_source(config)
     except (ValueError, FileNotFoundError) as error:
@@ -195,7 +218,7 @@ def replay(
             console.print(f"dashboard: {board.url}  (recording {board.timeline.record})")
         try:
             result = run_replay(config, source, progress=bar.update,
-                                kafka=_kafka_settings(speed, workers, broker, redis_url),
+                                kafka=kafka,
                                 state_path=state,
                                 on_kafka_run=board.follow_kafka_run if board else None)
         except (ValueError, TimeoutError) as error:
@@ -261,15 +284,16 @@ def bench(
         check_methods(method_list)   # before the first is measured
     except ValueError as error:
         _fail(str(error))
-    world = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
+    world = _world(world_users, world_items, world_events)
+    kafka = _kafka_settings(None, workers, "", "") if runtime == "kafka" else None
     rows = []
     for method in method_list:
         config = _config(ReplayConfig, dataset=dataset, method=method, seed=seed,
                          max_events=max_events, world=world)
         console.print(f"bench {runtime} {method} …")
         try:
-            rows.append(bench_local(config, flops) if runtime == "local" else bench_kafka(
-                config, _kafka_settings(None, workers, "", ""), latency_load))
+            rows.append(bench_local(config, flops) if kafka is None else bench_kafka(
+                config, kafka, latency_load))
         except (ValueError, RuntimeError) as error:  # RuntimeError: a kafka run failed
             _fail(str(error))
     section = markdown_section(rows, gemm_rate=gemm_gflops() if flops else None)
@@ -363,7 +387,7 @@ def metapatches(
         _fail(f"cannot read device states {state}: {error}")
     if "metapatch" not in columns:
         _fail(f"{state} holds no metapatches (replay a dccl preset with --state)")
-    world = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
+    world = _world(world_users, world_items, world_events)
     try:
         log_ = load_log(dataset, world, seed)
     except (ValueError, FileNotFoundError) as error:
@@ -462,7 +486,7 @@ def eval_(
     unknown = [m for m in method_list if m not in METHODS]
     if unknown:
         _fail(f"unknown method {unknown[0]!r} for eval; known: {', '.join(METHODS)}")
-    settings = _config(WorldSettings, users=world_users, items=world_items, events=world_events)
+    settings = _world(world_users, world_items, world_events)
     try:
         mapping = parse_columns(columns)
         log_ = load_log(dataset, settings, seed=0, columns=mapping, kcore=kcore)
@@ -554,8 +578,7 @@ def curve(
         _fail(f"unknown request agent {unknown[0]!r}; known: {', '.join(AGENTS)}")
     config = _config(ReplayConfig, dataset=dataset, max_events=max_events,
                      model=_config(ModelConfig, replay_ratio=replay_ratio),
-                     world=_config(WorldSettings, users=world_users, items=world_items,
-                                   events=world_events))
+                     world=_world(world_users, world_items, world_events))
     total = len(seed_list) * (2 + len(agents) * len(budget_list))
     with tqdm(total=total, desc="curve", unit="replay") as bar:
         try:
@@ -660,8 +683,7 @@ def tune(
         _fail("intervals must be positive")
     config = _config(ReplayConfig, dataset=dataset, method=method, seed=seed,
                      max_events=max_events,
-                     world=_config(WorldSettings, users=world_users, items=world_items,
-                                   events=world_events))
+                     world=_world(world_users, world_items, world_events))
     if method not in PRESETS:
         _fail(f"unknown method {method!r}; see `dcrec methods`")
     total = (min(max_trials or 20, 10_000) if search == "optuna"
@@ -712,8 +734,7 @@ def request_costs_(
     if any(not 0 <= r <= 1 for r in rates.values()) or clicks_per_second <= 0:
         _fail("budgets are shares of clicks in [0, 1] and the click rate is positive")
     config = _config(ReplayConfig, dataset=dataset,
-                     world=_config(WorldSettings, users=world_users, items=world_items,
-                                   events=world_events))
+                     world=_world(world_users, world_items, world_events))
     try:
         source = open_source(config)
     except (ValueError, FileNotFoundError) as error:
@@ -754,7 +775,8 @@ def scale(
     if clicks_per_second <= 0:
         _fail("the click rate must be positive")
     config = _config(ReplayConfig, dataset="world", seed=seed,
-                     world=_config(WorldSettings, users=devices, items=items, events=events))
+                     world=_world(devices, items, events, {"users": "--devices", "items": "--items",
+                                                            "events": "--events"}))
     console.print(f"{len(names)} replays of {devices:,} devices and {events:,} events, "
                   "one process each")
     rows = []

@@ -87,6 +87,9 @@ def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
     (["bench", "--runtime", "kafka", "--flops"], "--flops counts the device path"),
+    (["scale", "--devices", "5"], "--devices 5: Input should be greater than or equal to 10"),
+    (["replay", "--dataset", "world", "--world-users", "3"], "--world-users 3:"),
+    (["replay", "--dataset", "world", "--warmup", "-1"], "--warmup -1:"),
     (["curve", "--budgets", "0.2,1.5"], "share of clicks"),
     (["curve", "--methods", "isolation-forest"], "unknown request agent"),
 ])
@@ -94,6 +97,14 @@ def test_bad_arguments_give_a_clear_error(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize("verb", [["replay", "--dataset", "world"], ["bench"]])
+def test_a_refused_kafka_setting_is_one_clear_error(verb):
+    result = runner.invoke(app, [*verb, "--runtime", "kafka", "--workers", "0"])
+    assert result.exit_code == 2
+    assert "--workers 0: Input should be greater than or equal to 1" in result.output
+    assert result.output.count("error:") == 1 and "errors.pydantic.dev" not in result.output
 
 
 def test_bench_refuses_an_unknown_method_before_measuring_any(tmp_path):
