@@ -58,7 +58,8 @@ def _limit(batches: Iterator[EventBatch], max_events: int | None) -> Iterator[Ev
 def load_log(dataset: str, world: WorldSettings, seed: int,
              columns: dict[str, str] | None = None, kcore: int = 0) -> InteractionLog:
     """A whole log in memory: a dataset (with its column mapping and k-core filter), or
-    a (small enough) synthetic world."""
+    a (small enough) synthetic world. A log with no valid event is an error saying
+    why."""
     if dataset == "world":
         from dcrec.replay.world import World, WorldConfig
 
@@ -67,7 +68,10 @@ def load_log(dataset: str, world: WorldSettings, seed: int,
                                  seed=seed)).to_log()
     from dcrec.replay.datasets import load_dataset
 
-    return load_dataset(dataset, kcore=kcore, **(columns or {}))
+    log = load_dataset(dataset, kcore=kcore, **(columns or {}))
+    if log.n_events == 0:
+        raise ValueError(nothing_to_replay(log, kcore))
+    return log
 
 
 def _when(ts: int | None) -> str:
@@ -75,6 +79,16 @@ def _when(ts: int | None) -> str:
     if ts is None:
         return "(open)"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def nothing_to_replay(log: InteractionLog, kcore: int) -> str:
+    """Why a log holds no event to replay: its rejected rows, or the k-core filter."""
+    reasons = Counter(str(r.reason) for r in log.rejected)
+    why = [f"{len(log.rejected):,} rows rejected ("
+           + ", ".join(f"{r}: {n:,}" for r, n in sorted(reasons.items())) + ")"] if reasons else []
+    if kcore > 0:
+        why.append(f"--kcore {kcore} keeps only users and items with ≥ {kcore} clicks")
+    return f"no valid events in {log.name}" + (": " + "; ".join(why) if why else "")
 
 
 def open_source(config: ReplayConfig) -> ReplaySource:

@@ -703,10 +703,10 @@ def _map_columns(header: Sequence[str], mapping: dict[str, str | None], path: Pa
         if column in header:
             roles[role] = column
         elif given is not None or role in _REQUIRED:
-            raise ValueError(
-                f"{path.name}: no column {column!r} for {role}"
-                f"{' (map it with a flag, e.g. --' + role + ' NAME)' if given is None else ''}; "
-                f"columns: {list(header)}")
+            public = "timestamp" if role == "ts" else role   # the mapping's name of the role
+            hint = f" (name it: --columns {public}=COLUMN)" if given is None else ""
+            raise ValueError(f"{path.name}: no column {column!r} for {public}{hint}; "
+                             f"columns: {list(header)}")
     return roles
 
 

@@ -107,6 +107,29 @@ def test_a_refused_kafka_setting_is_one_clear_error(verb):
     assert result.output.count("error:") == 1 and "errors.pydantic.dev" not in result.output
 
 
+@pytest.mark.parametrize("verb", [["replay"], ["eval", "--methods", "popularity"]])
+def test_a_log_with_no_valid_event_says_why(tmp_path, verb):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"user": 1, "item":\n')
+    result = runner.invoke(app, [*verb, "--dataset", str(broken), "--out", str(tmp_path)]
+                           if verb[0] == "eval" else [*verb, "--dataset", str(broken)])
+    assert result.exit_code == 2
+    assert "no valid events in broken: 1 rows rejected (malformed: 1)" in result.output
+    log = tmp_path / "log.csv"
+    _csv(log)
+    result = runner.invoke(app, ["replay", "--dataset", str(log), "--columns",
+                                 "user=uid,item=iid,timestamp=when", "--kcore", "1000"])
+    assert result.exit_code == 2 and "--kcore 1000 keeps only" in result.output
+
+
+def test_a_missing_column_says_how_to_name_it(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("uid,iid,when\n1,2,3\n")
+    result = runner.invoke(app, ["replay", "--dataset", str(path)])
+    assert result.exit_code == 2
+    assert "no column 'user' for user (name it: --columns user=COLUMN)" in result.output
+
+
 def test_bench_refuses_an_unknown_method_before_measuring_any(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     result = runner.invoke(app, ["bench", "--methods", "popularity,nope", "--out", str(out)])
