@@ -87,7 +87,6 @@ def test_a_time_window_outside_the_log_is_an_error_that_gives_the_logs_span(tmp_
     (["replay", "--dataset", "world", "--runtime", "kafka", "--speed", "fast"], "--speed"),
     (["bench", "--runtime", "flink"], "unknown runtime"),
     (["bench", "--runtime", "kafka", "--flops"], "--flops counts the device path"),
-    (["scale", "--devices", "5"], "--devices 5: Input should be greater than or equal to 10"),
     (["replay", "--dataset", "world", "--world-users", "3"], "--world-users 3:"),
     (["replay", "--dataset", "world", "--warmup", "-1"], "--warmup -1:"),
     (["curve", "--budgets", "0.2,1.5"], "share of clicks"),

@@ -52,7 +52,7 @@ def test_scale_reports_memory_per_device_and_extrapolates_per_click(tmp_path,
 @pytest.mark.parametrize(("args", "message"), [
     (["--methods", "nope"], "unknown method"),
     (["--clicks-per-second", "0"], "must be positive"),
-    (["--devices", "3"], "users"),
+    (["--devices", "3"], "--devices 3:"),
 ])
 def test_scale_rejects_bad_input_before_running(args, message, tmp_path) -> None:
     result = runner.invoke(app, ["scale", *args, "--out", str(tmp_path)])
