@@ -180,6 +180,14 @@ def markdown_section(rows: list[dict], command: str | None = None,
             f"| {r['events_per_second']:,.0f} | {r['device_events_per_second']:,.0f} "
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['latency']} "
             f"| {r['peak_rss_mb']:,.0f} | {r['state_bytes_per_device']:,} |")
+    reference = {(r["runtime"], r["dataset"]): r["device_events_per_second"]
+                 for r in rows if r["method"] == "river-mf" and r["device_events_per_second"]}
+    ratios = [f"{r['method']} {r['device_events_per_second'] / reference[key]:.1f}×"
+              for r in rows if r["method"] != "river-mf"
+              and (key := (r["runtime"], r["dataset"])) in reference]
+    if ratios:
+        lines += ["", "Device path events/s against river-mf's in this run: "
+                  + ", ".join(ratios) + "."]
     counted = [r for r in rows if "device_flops_per_event" in r]
     if counted and gemm_rate is not None:
         lines += ["", f"Device-path arithmetic: FLOPs of the device processor's matrix "

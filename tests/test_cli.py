@@ -277,6 +277,21 @@ def test_bench_flops_set_each_device_path_against_the_machines_matrix_products(t
     assert float(rows["gru4rec"][2]) > 0 and rows["gru4rec"][4] != "—"
 
 
+def test_bench_sets_each_device_path_against_river_mf_of_the_same_run():
+    from dcrec.replay.bench import markdown_section
+
+    def row(method: str, dataset: str, rate: float) -> dict:
+        return {"runtime": "local", "method": method, "dataset": dataset, "events": 10,
+                "events_per_second": 1.0, "device_events_per_second": rate, "p50_ms": 1.0,
+                "p99_ms": 1.0, "latency": "micro-batch", "peak_rss_mb": 1.0,
+                "state_bytes_per_device": 0}
+
+    text = markdown_section([row("river-mf", "world", 100.0), row("gru4rec", "world", 350.0),
+                             row("scn", "ml-100k", 90.0)], command="dcrec bench")
+    assert "against river-mf's in this run: gru4rec 3.5×." in text   # scn: no river-mf there
+    assert "against river-mf" not in markdown_section([row("gru4rec", "world", 1.0)], "c")
+
+
 def test_curve_tabulates_the_agents_between_the_bounds_and_resumes(tmp_path):
     args = ["curve", "--dataset", "world", "--world-users", "60", "--world-items", "150",
             "--world-events", "3000", "--budgets", "0.5", "--methods", "random",
