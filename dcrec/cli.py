@@ -261,14 +261,16 @@ def bench(
         "local: also count the device path's FLOPs (a second replay per preset) and "
         "set them against this machine's matrix-product rate"))] = False,
     seed: int = 0,
-    out: Annotated[Path, typer.Option(help="Markdown file the results are appended to")] = Path(
-        "BENCHMARKS.md"),
+    out: Annotated[Path, typer.Option(help=(
+        "Markdown file the results are appended to (and as JSON lines to its .jsonl "
+        "twin)"))] = Path("BENCHMARKS.md"),
 ) -> None:
     """Measure events/s and latency of a runtime per preset; append to BENCHMARKS.md."""
     from dcrec.replay.bench import (
         append_benchmarks,
         bench_kafka,
         bench_local,
+        bench_record,
         gemm_gflops,
         markdown_section,
     )
@@ -296,10 +298,10 @@ def bench(
                 config, kafka, latency_load))
         except (ValueError, RuntimeError) as error:  # RuntimeError: a kafka run failed
             _fail(str(error))
-    section = markdown_section(rows, gemm_rate=gemm_gflops() if flops else None)
-    append_benchmarks(section, out)
-    print(section)
-    console.print(f"appended to {out}")
+    record = bench_record(rows, gemm_rate=gemm_gflops() if flops else None)
+    append_benchmarks(record, out)
+    print(markdown_section(record))
+    console.print(f"appended to {out} and {out.with_suffix('.jsonl')}")
 
 
 @app.command("dashboard")

@@ -17,6 +17,7 @@ with the machine, the command and the date.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -163,14 +164,23 @@ def bench_kafka(config: ReplayConfig, settings: KafkaRuntimeSettings,
             "lost_or_doubled_devices": counters["mismatched_devices"]}
 
 
-def markdown_section(rows: list[dict], command: str | None = None,
-                     gemm_rate: float | None = None) -> str:
+def bench_record(rows: list[dict], command: str | None = None,
+                 gemm_rate: float | None = None) -> dict:
+    """One bench run: when, on what machine, by which command, its rows, and (when the
+    device paths' FLOPs were counted) this machine's matrix-product rate in GFLOP/s."""
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+            "command": command or "dcrec " + shlex.join(sys.argv[1:]),
+            "gemm_gflops": gemm_rate, "rows": rows}
+
+
+def markdown_section(record: dict) -> str:
     """A dated section of BENCHMARKS.md: machine, command, one table row per result;
-    and the device-path arithmetic of the rows that counted it, against this machine's
-    matrix-product rate ``gemm_rate`` (GFLOP/s)."""
-    command = command or "dcrec " + shlex.join(sys.argv[1:])
-    lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
-             f"- machine: {machine()}", f"- command: `{command}`", "",
+    each device path against river-mf's of the run; and the device-path arithmetic of
+    the rows that counted it, against the machine's matrix-product rate."""
+    rows, gemm_rate = record["rows"], record["gemm_gflops"]
+    date = datetime.fromisoformat(record["date"])
+    lines = [f"## {date:%Y-%m-%d %H:%M} UTC", "",
+             f"- machine: {record['machine']}", f"- command: `{record['command']}`", "",
              "| runtime | method | dataset | events | events/s | device path events/s "
              "| p50 ms | p99 ms | latency of | peak RSS MB | state B/device |",
              "|" + " --- |" * 11]
@@ -207,8 +217,12 @@ def markdown_section(rows: list[dict], command: str | None = None,
     return "\n".join(lines) + "\n"
 
 
-def append_benchmarks(section: str, path: Path = Path("BENCHMARKS.md")) -> None:
+def append_benchmarks(record: dict, path: Path = Path("BENCHMARKS.md")) -> None:
+    """Append a bench run to ``path`` (Markdown) and, one JSON line, to the ``.jsonl``
+    file beside it."""
     if not path.exists():
         path.write_text("# Benchmarks\n\nWritten by `dcrec bench`; newest last.\n")
     with path.open("a") as out:
-        out.write("\n" + section)
+        out.write("\n" + markdown_section(record))
+    with path.with_suffix(".jsonl").open("a") as out:
+        out.write(json.dumps(record) + "\n")

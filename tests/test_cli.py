@@ -262,6 +262,9 @@ def test_bench_appends_a_dated_section_with_machine_and_command(tmp_path):
     text = out.read_text()
     assert text.count("- machine: ") == 2 and text.count("- command: `dcrec ") == 2
     assert text.count("| local | popularity | world | 2,000 |") == 2
+    runs = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(runs) == 2 and runs[1]["command"].startswith("dcrec ")
+    assert [(r["method"], r["events"]) for r in runs[1]["rows"]] == [("popularity", 2_000)]
 
 
 def test_bench_flops_set_each_device_path_against_the_machines_matrix_products(tmp_path):
@@ -278,7 +281,7 @@ def test_bench_flops_set_each_device_path_against_the_machines_matrix_products(t
 
 
 def test_bench_sets_each_device_path_against_river_mf_of_the_same_run():
-    from dcrec.replay.bench import markdown_section
+    from dcrec.replay.bench import bench_record, markdown_section
 
     def row(method: str, dataset: str, rate: float) -> dict:
         return {"runtime": "local", "method": method, "dataset": dataset, "events": 10,
@@ -286,10 +289,12 @@ def test_bench_sets_each_device_path_against_river_mf_of_the_same_run():
                 "p99_ms": 1.0, "latency": "micro-batch", "peak_rss_mb": 1.0,
                 "state_bytes_per_device": 0}
 
-    text = markdown_section([row("river-mf", "world", 100.0), row("gru4rec", "world", 350.0),
-                             row("scn", "ml-100k", 90.0)], command="dcrec bench")
+    text = markdown_section(bench_record([row("river-mf", "world", 100.0),
+                                          row("gru4rec", "world", 350.0),
+                                          row("scn", "ml-100k", 90.0)], "dcrec bench"))
     assert "against river-mf's in this run: gru4rec 3.5×." in text   # scn: no river-mf there
-    assert "against river-mf" not in markdown_section([row("gru4rec", "world", 1.0)], "c")
+    assert "against river-mf" not in markdown_section(bench_record([row("gru4rec", "world",
+                                                                        1.0)], "c"))
 
 
 def test_curve_tabulates_the_agents_between_the_bounds_and_resumes(tmp_path):
