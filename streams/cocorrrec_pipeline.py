@@ -197,8 +197,8 @@ class TTTProcessor:
         heads = torch.empty(len(items), self.model.heads, 1, self.model.ttt.head_dim)
         first = 0
         for seg in segments:
-            rows_of = slice(first, first + len(seg.tokens))
-            first = rows_of.stop
+            rows_of = slice(first, first + len(seg.dev))   # the step's devices, unpadded
+            first += len(seg.tokens)
             seg_projected = {name: v[rows_of] for name, v in projected.items()}
             start = self._mini_batch(state, seg, seg_projected, heads)
             if self.corrected:
@@ -247,14 +247,16 @@ class TTTProcessor:
                     heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Recompute each of the segment's mini-batches from its device's TTT state,
         keep every click's heads' output, advance the state of the mini-batches now
-        full. Returns the states the mini-batches started from."""
-        W, bias = (torch.from_numpy(pad_rows(state[name][seg.dev])) for name in ("W", "b"))
+        full. Returns the states the mini-batches started from. The dual form runs on
+        the segment's devices alone, unpadded: its products are per device and head
+        (batched), its reductions per row, so a device's values do not depend on how
+        many share the step (a test checks 1…63 devices)."""
+        W, bias = (torch.from_numpy(state[name][seg.dev]) for name in ("W", "b"))
         out, W_next, b_next = self.model.mini_batch_heads(W, bias, projected)
         heads[torch.from_numpy(seg.clicks), :, 0] = out[torch.from_numpy(seg.slot), :,
                                                         torch.from_numpy(seg.place)]
-        n, full = len(seg.dev), seg.full
-        state["W"][seg.dev[full]] = W_next[:n].numpy()[full]
-        state["b"][seg.dev[full]] = b_next[:n].numpy()[full]
+        state["W"][seg.dev[seg.full]] = W_next.numpy()[seg.full]
+        state["b"][seg.dev[seg.full]] = b_next.numpy()[seg.full]
         return W, bias
 
     def _correct(self, devices: np.ndarray, rows: np.ndarray, before: np.ndarray,
@@ -291,7 +293,7 @@ class TTTProcessor:
                 np.frombuffer(payload, WIRE_DTYPE).astype(np.float32))
             out.bytes_down += len(payload)
         heads, _, _ = model.mini_batch_heads(W, bias, projected, rows_t)
-        corrected = model.readout(heads)
+        corrected = model.readout(torch.from_numpy(pad_rows(heads.numpy())))  # a GEMM: padded
         got_a = np.asarray(got)
         clicked.corrected_vector[k[got_a]] = corrected[slot[got_a], place[got_a]].numpy()
         clicked.corrected[k[got_a]] = True

@@ -121,6 +121,26 @@ def test_carried_state_equals_the_whole_sequence_in_one_pass(correction: bool) -
         assert out.requests > 0 and out.bytes_up > 0 and out.bytes_down > 0
 
 
+@pytest.mark.parametrize("correction", [False, True])
+def test_a_devices_mini_batch_step_has_the_same_bits_however_many_devices_share_it(
+        correction: bool) -> None:
+    # the device path runs each step on its devices alone, unpadded (TTTProcessor)
+    torch.manual_seed(0)
+    model = SCN(n_items=300, dim=16, heads=2, mini_batch=5, correction=correction).eval()
+    with torch.inference_mode():
+        projected = model.ttt.project(model.hidden(torch.randint(0, 301, (40, 5))))
+        W, b = model.ttt.initial_state(40)
+        W, b = W + 0.1 * torch.randn_like(W), b + 0.1 * torch.randn_like(b)
+        rows = torch.randn(40, 5, model.gcn.row_width) if correction else None
+        together = model.mini_batch_heads(W, b, projected, rows)
+        for n in (1, 3, 16, 17):
+            for part in (slice(0, n), slice(40 - n, 40)):
+                alone = model.mini_batch_heads(W[part], b[part],
+                                               {k: v[part] for k, v in projected.items()},
+                                               None if rows is None else rows[part])
+                assert all(torch.equal(x[part], y) for x, y in zip(together, alone, strict=True))
+
+
 def test_the_correction_service_refuses_what_it_cannot_answer() -> None:
     """Bad requests get no answer (and are counted), never a crash."""
     from dcrec.streams.schema import ParamRequest
