@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -46,6 +48,56 @@ def pad_rows(array: np.ndarray, rows: int = ROW_FLOOR) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[:1], missing, axis=0)])
 
 
+# A replay at --threads 2 should reproduce one at --threads 1 (and the kafka cloud the
+# local runtime). A GEMM over a few rows rounds differently at two threads than at one
+# (torch 2.13, MKL: EC-CDR's epoch-closing batch of 6 × 50 GRU rows, after which every
+# parameter differs), while row counts that are a multiple of ROW_FLOOR agree. So a
+# cloud job runs at one thread, and only its training batches of a multiple of
+# ROW_FLOOR rows — most of its time — at torch's count. At one thread all of this is a
+# no-op: results made at one thread stay as they were. What this does not cover: a full
+# batch's reduction of many rows to one number (the gradient of a one-output layer's
+# bias over 256 × 5 × 50 attention rows) is split between threads and, now and then,
+# rounds differently (MC²-SF on ML-100K: first in job 55 of 213). Only --threads 1
+# reproduces every bit across machines.
+_job_threads: int | None = None   # torch's thread count outside the running cloud job
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def cloud_job_threads() -> Iterator[None]:
+    """Runs a cloud job at one torch thread, but for its training batches of a multiple
+    of :data:`ROW_FLOOR` rows (:func:`batch_threads`): its few-row GEMMs (last batches,
+    hints over the last devices) give the same bits at any thread count."""
+    global _job_threads
+    outer, _job_threads = _job_threads, torch.get_num_threads()
+    try:
+        with _threads(1):
+            yield
+    finally:
+        _job_threads = outer
+
+
+def batch_threads(rows: int) -> AbstractContextManager[None]:
+    """The thread count a training batch of ``rows`` runs at: torch's (outside a cloud
+    job's one) when ``rows`` is a multiple of :data:`ROW_FLOOR`, else one — training
+    cannot pad its rows as the device path does (the repeated rows would weigh in the
+    loss)."""
+    wide = _job_threads or torch.get_num_threads()
+    return _threads(wide if rows % ROW_FLOOR == 0 else 1)
+
+
 def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths: np.ndarray,
                      candidates: np.ndarray, chunk: int | None = None) -> np.ndarray:
     """Scores ``[N, C]`` (float32) of shifted candidate ids, computed in chunks of
@@ -77,11 +129,15 @@ class AdamTrainer:
                                           weight_decay=config.l2)
         self.steps = 0
 
-    def step(self, loss: torch.Tensor) -> float:
-        """One optimizer step down ``loss``; its value."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+    def step(self, loss_of: Callable[[], torch.Tensor], rows: int) -> float:
+        """One optimizer step down ``loss_of()``, the loss of a batch of ``rows``
+        samples, computed and differentiated where its bits do not depend on torch's
+        thread count (:func:`batch_threads`); the loss's value."""
+        with batch_threads(rows):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = loss_of()
+            loss.backward()
+            self.optimizer.step()
         self.steps += 1
         return loss.item()
 
@@ -122,8 +178,8 @@ class InputTrainer(AdamTrainer):
                                           (len(idx), self.config.n_negatives),
                                           generator=self.generator)
                 candidates = torch.cat([target_t[idx, None], negatives], dim=1)
-                losses.append(self.step(
-                    self.loss({k: v[idx] for k, v in tensors.items()}, candidates)))
+                batch = {k: v[idx] for k, v in tensors.items()}
+                losses.append(self.step(partial(self.loss, batch, candidates), len(idx)))
         self.model.eval()
         return float(np.mean(losses))
 
@@ -228,7 +284,7 @@ class WholeSequenceTrainer(AdamTrainer):
                     seq = sequences[u]
                     items[r, :len(seq)] = seq
                     weight[r, :len(seq) - 1] = 1.0 if weights is None else weights[u]
-                losses.append(self.step(self.model.sequence_loss(
-                    torch.from_numpy(items), torch.from_numpy(weight))))
+                losses.append(self.step(partial(self.model.sequence_loss, torch.from_numpy(
+                    items), torch.from_numpy(weight)), len(rows)))
         self.model.eval()
         return float(np.mean(losses))

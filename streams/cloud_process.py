@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from dcrec.models.training import cloud_job_threads
 from dcrec.state.redis_registry import RedisModelRegistry
 from dcrec.state.redis_store import RunKeys
 from dcrec.state.registry import ModelRegistry
@@ -226,7 +227,8 @@ class CloudProcess:
         if self.cloud is None:
             return
         started = time.perf_counter()
-        out: Outputs | None = self.cloud.run(at)
+        with cloud_job_threads():
+            out: Outputs | None = self.cloud.run(at)
         seconds = time.perf_counter() - started
         self.stats["cloud_seconds"] += seconds
         self.stats["cloud_jobs"] += 1

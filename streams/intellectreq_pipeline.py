@@ -657,11 +657,13 @@ class IntellectReqCloudJob:
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, self.training.batch_size):
                 i = order[start:start + self.training.batch_size]
-                e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
-                mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
-                loss = (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
-                        + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
-                self.agent_trainer.step(loss)
+
+                def loss(i: torch.Tensor = i) -> torch.Tensor:
+                    e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
+                    mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
+                    return (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
+                            + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
+                self.agent_trainer.step(loss, len(i))
         agent.eval()
 
     def _with_rehearsal(self, windows: np.ndarray, lengths: np.ndarray,

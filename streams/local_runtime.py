@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from dcrec.models.training import cloud_job_threads
 from dcrec.state.click_history import occurrence
 from dcrec.state.device_state import DeviceStateTable
 from dcrec.state.registry import ModelRegistry
@@ -145,7 +146,8 @@ class LocalRuntime:
         while now >= self.next_job:
             if cloud is not None:
                 started = time.perf_counter()
-                out = cloud.run(self.next_job)
+                with cloud_job_threads():
+                    out = cloud.run(self.next_job)
                 seconds = time.perf_counter() - started
                 self.stats.cloud_seconds += seconds
                 if self.meter is not None:
