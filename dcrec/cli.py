@@ -84,7 +84,8 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     threads: Annotated[int | None, typer.Option(
         envvar="DCREC_THREADS", min=1,
-        help="torch threads; 1 when several runs share the cores")] = None,
+        help="torch threads; 1 when several runs share the cores, and to reproduce a "
+             "trained result bit for bit on a machine with another core count")] = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
