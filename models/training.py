@@ -63,7 +63,8 @@ _job_threads: int | None = None   # torch's thread count outside the running clo
 
 
 @contextmanager
-def _threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
+    """The block at ``count`` torch threads; torch's count as it was after it."""
     before = torch.get_num_threads()
     if count == before:
         yield
@@ -83,7 +84,7 @@ def cloud_job_threads() -> Iterator[None]:
     global _job_threads
     outer, _job_threads = _job_threads, torch.get_num_threads()
     try:
-        with _threads(1):
+        with torch_threads(1):
             yield
     finally:
         _job_threads = outer
@@ -95,7 +96,7 @@ def batch_threads(rows: int) -> AbstractContextManager[None]:
     cannot pad its rows as the device path does (the repeated rows would weigh in the
     loss)."""
     wide = _job_threads or torch.get_num_threads()
-    return _threads(wide if rows % ROW_FLOOR == 0 else 1)
+    return torch_threads(wide if rows % ROW_FLOOR == 0 else 1)
 
 
 def score_candidates(model: SequentialRecommender, history: np.ndarray, lengths: np.ndarray,

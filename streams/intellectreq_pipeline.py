@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import msgspec
 import numpy as np
@@ -652,18 +653,19 @@ class IntellectReqCloudJob:
                           torch.from_numpy(targets.astype(np.int64)), gap, negatives)
         u_now, u_then, still_right = pairs.u_now, pairs.u_then, pairs.still_right
         targets_t, labels = pairs.candidates, pairs.labels
+
+        def loss(i: torch.Tensor) -> torch.Tensor:   # MRD's and DM's, over the pairs i
+            e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
+            mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
+            return (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
+                    + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
+
         agent.train()
         for _ in range(self.training.epochs):
             order = torch.randperm(n, generator=self.generator)
             for start in range(0, n, self.training.batch_size):
                 i = order[start:start + self.training.batch_size]
-
-                def loss(i: torch.Tensor = i) -> torch.Tensor:
-                    e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
-                    mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
-                    return (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
-                            + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
-                self.agent_trainer.step(loss, len(i))
+                self.agent_trainer.step(partial(loss, i), len(i))
         agent.eval()
 
     def _with_rehearsal(self, windows: np.ndarray, lengths: np.ndarray,
