@@ -407,8 +407,9 @@ def methods() -> None:
     """List the method presets."""
     from dcrec.streams.presets import PRESETS
 
+    width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():
-        print(f"{name:12s} {preset.summary}")
+        print(f"{name:{width}s}  {preset.summary}")
 
 
 @app.command("show")
