@@ -12,6 +12,7 @@ from dcrec.models.intellectreq import (
     mis_recommendation_label,
 )
 from dcrec.replay.driver import run_replay
+from dcrec.replay.request_curve import markdown, recovered_gain
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.intellectreq_pipeline import (
     ParameterService,
@@ -504,3 +505,20 @@ def test_request_costs_count_the_wire_bytes_and_scale_with_the_request_rate() ->
     assert rows[1]["cloud_flops_per_second"] == pytest.approx(
         0.1 * rows[0]["cloud_flops_per_second"])
     assert rows[2]["up_bytes_per_second"] == 0
+
+
+def _point(method: str, budget: float | None, mean: float) -> dict:
+    return {"method": method, "budget": budget, "seeds": 3, "request_rate": budget or 0.0,
+            "mean": mean, "std": 0.0}
+
+
+def test_the_curve_table_says_what_share_of_ec_cdrs_gain_each_point_recovers() -> None:
+    points = [_point("ec-cdr", None, 0.40), _point("ec-cdr-static", None, 0.30),
+              _point("intellectreq", 0.3, 0.38), _point("random", 0.3, 0.32)]
+    assert recovered_gain(points, "intellectreq", 0.3) == pytest.approx(0.8)
+    table = markdown(points, "t")
+    assert "| intellectreq | 0.3 | 0.300 | 0.3800 ± 0.0000 | 80% |" in table
+    assert "| random | 0.3 | 0.300 | 0.3200 ± 0.0000 | 20% |" in table
+    level = [{**p, "mean": 0.3} for p in points]   # nothing to recover: no share
+    assert "| intellectreq | 0.3 | 0.300 | 0.3000 ± 0.0000 | — |" in markdown(level, "t")
+    assert "gain" not in markdown(points[2:], "t")   # without the bounds, no column
