@@ -200,10 +200,6 @@ class FastComponent(nn.Module):
         """r₂ (or r̃_n from z_n): GRU_n over the exposure window ``[N, L]`` → ``[N, d]``."""
         return run_gru(self.gru_n, self.item_embedding(exposures), lengths, z_n)
 
-    def advance_negative(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """The negative memory after one more exposed item per row: ``GRU_n(e, state)``."""
-        return gru_step(self.gru_n, self.item_embedding(items), state)
-
     def score_states(self, r_p: torch.Tensor, r_neg: torch.Tensor, r_t: torch.Tensor | None,
                      candidates: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, C]`` from the GRU states ``[N, d]`` (Eq. 3 fusion, Eq. 4/8 head)."""

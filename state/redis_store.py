@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import redis
-from dcrec.state.device_state import StateRows, StateSpec, pack_row, spec_nbytes, unpack_rows
+from dcrec.state.device_state import StateRows, StateSpec, pack_row, unpack_rows
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -46,7 +46,6 @@ class RedisDeviceStore:
         self.client = client
         self.spec = spec
         self.key = RunKeys(run)("state")
-        self.row_bytes = spec_nbytes(spec)
 
     def gather(self, devices: np.ndarray) -> tuple[np.ndarray, StateRows]:
         """(headers ``[n]`` of :data:`HEADER`, processor rows) of ``devices``; a device

@@ -55,7 +55,6 @@ class CloudProcess:
                  meter: Meter | None = None) -> None:
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-        self.run_id = run
         self.meter = meter  # the process's live metrics: jobs, releases, load, lag
         self.sample_due = Throttle(1.0)
         self.namespace = namespace

@@ -267,7 +267,6 @@ class DCCLCloudJob:
         self.basis_trainer = InputTrainer(_Basis(model), self._basis_loss, model.n_items,
                                           training, seed + 1)
         self.rounds = 0
-        self.uploads_received = 0
 
     def initial_release(self) -> ModelVersion:
         return self.registry.publish(DCCL_MODEL, self.model.state_dict())
@@ -275,7 +274,6 @@ class DCCLCloudJob:
     def on_upload(self, upload: Upload) -> None:
         if upload.kind == "metapatch":
             self.metapatches[upload.device] = upload_payload(upload)
-            self.uploads_received += 1
 
     def observe(self, events: EventBatch) -> None:
         self.windows.observe(events)

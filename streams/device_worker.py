@@ -144,7 +144,6 @@ class DeviceWorker:
         self.progress: dict[int, Progress] = {}
         self.buffers: dict[int, PartitionBuffer] = {}
         self.loaded: dict[str, int] = {}
-        self.skipped = 0
         self.draining = False  # inside drain(): a slice is being processed
         # bumped on every change of ownership: a slice whose processing awaited across a
         # rebalance is abandoned, not committed with buffers that are no longer current
@@ -201,7 +200,6 @@ class DeviceWorker:
         if progress is None or name is None:
             return Offered.NOT_OWNED
         if entry.offset < progress.offsets.get(name, 0):
-            self.skipped += 1
             return Offered.DONE
         buffer = self.buffers[partition]
         continuity = buffer.continuity.check(name, entry.offset, time.monotonic())
@@ -245,10 +243,6 @@ class DeviceWorker:
                     seeks[(full, p)] = continuity.seek_back(
                         name, now, f"idle on partition {p} with the broker ahead")
         return seeks
-
-    def finished(self, end_slice: int) -> bool:
-        return bool(self.progress) and all(p.next_slice >= end_slice
-                                           for p in self.progress.values())
 
     def waiting_on(self) -> tuple[int, dict[int, list[str]]] | None:
         """The lowest pending slice and, for each owned partition at it, the topics whose

@@ -287,7 +287,6 @@ class MC2SFCloudJob:
         self.exposure_length = np.zeros(n_users, np.int32)
         self.uploaded = np.zeros((n_users, dim), np.float32)   # last r̂₂ per device
         self.hints = np.zeros((n_users, 2 * dim), np.float32)  # last hint per device
-        self.uploads_received = 0
         self._pending: list[dict[str, np.ndarray]] = []
         self.jobs = 0
 
@@ -305,7 +304,6 @@ class MC2SFCloudJob:
         """F2S: keep the device's latest negative memory r̂₂."""
         if upload.kind == "negative_memory":
             self.uploaded[upload.device] = upload_payload(upload)
-            self.uploads_received += 1
 
     def observe(self, events: EventBatch) -> None:
         if len(events) == 0:

@@ -44,7 +44,6 @@ class Reason(StrEnum):
     UNKNOWN_ID = "unknown_id"
     OVERSIZE = "oversize"
     DUPLICATE = "duplicate"
-    OUT_OF_ORDER = "out_of_order"
     UNSUPPORTED_VERSION = "unsupported_version"
     BAD_PAYLOAD = "bad_payload"  # a request the cloud cannot answer (size, kind, version)
 
@@ -190,7 +189,6 @@ Event = (
     Click | Exposure | Watermark | Upload | Release | Hint | ParamRequest | ParamResponse
     | Threshold | DeadLetter
 )
-DeviceEvent = Click | Exposure
 
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _msgpack_decoder = msgspec.msgpack.Decoder(Event)

@@ -105,7 +105,6 @@ class SequenceCloudJob:
         self.registry = registry
         self.windows = CloudClickWindows(n_users, max_len)
         self.jobs = 0
-        self.train_seconds = 0.0
 
     def initial_release(self) -> ModelVersion:
         """Version 1: the untrained model, so devices can serve before any job ran."""
