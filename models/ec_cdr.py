@@ -33,6 +33,7 @@ import math
 
 import torch
 from dcrec.models.base import SequentialRecommender, last_position
+from dcrec.models.training import ROW_FLOOR
 from torch import nn
 
 Generated = list[tuple[torch.Tensor, torch.Tensor]]  # per dynamic layer: W [N,i,o], b [N,o]
@@ -77,7 +78,12 @@ class ParameterGenerator(nn.Module):
     def forward(self, embedded: torch.Tensor, lengths: torch.Tensor) -> Generated:
         """Parameters of every dynamic layer for sequences ``embedded [N, L, d]``."""
         states, _ = self.gru(embedded)
-        e = self.encoder(last_position(states, lengths))
+        return self.heads(last_position(states, lengths))
+
+    def heads(self, last: torch.Tensor) -> Generated:
+        """Parameters of every dynamic layer from the GRU's state ``[N, d]`` after a
+        sequence: E_shared's MLP, then L_layer."""
+        e = self.encoder(last)
         n = len(e)
         return [(w(e).view(n, i, o), b(e))
                 for w, b, (i, o) in zip(self.weight_heads, self.bias_heads, self.layer_sizes,
@@ -120,6 +126,27 @@ class ECCDR(SequentialRecommender):
     def generate(self, history: torch.Tensor, lengths: torch.Tensor) -> Generated:
         """θ(s): the dynamic layers' parameters the cloud generates from ``history``."""
         return self.generator(self.embed(history), lengths)
+
+    def prefix_states(self, history: torch.Tensor, prefixes: list[torch.Tensor],
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each of ``prefixes`` (click counts ``[N]``): Ω's state and the
+        generator's GRU state after that many of the first clicks of ``history`` — what
+        :meth:`user_state` and :meth:`generate` read of the window cut there, from one
+        pass of each GRU (a GRU's state after k clicks does not see the clicks after
+        them). A zero count reads the empty window's states, computed apart on
+        ``ROW_FLOOR`` empty rows of the same width, which round as they would among
+        the others."""
+        embedded = self.embed(history)
+        omega, _ = self.backbone(embedded)
+        generator, _ = self.generator.gru(embedded)
+        out = [(last_position(omega, k), last_position(generator, k)) for k in prefixes]
+        if any(bool((k == 0).any()) for k in prefixes):
+            empty = self.embed(torch.zeros((ROW_FLOOR, history.shape[1]), dtype=torch.long))
+            empty_omega = self.backbone(empty)[0][0, 0]
+            empty_generator = self.generator.gru(empty)[0][0, 0]
+            for (u, g), k in zip(out, prefixes, strict=True):
+                u[k == 0], g[k == 0] = empty_omega, empty_generator
+        return out
 
     def user_vector(self, state: torch.Tensor, params: Generated) -> torch.Tensor:
         """The dynamic block on ``state`` with ``params``."""

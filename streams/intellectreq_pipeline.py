@@ -489,19 +489,19 @@ def mrd_pairs(rec: ECCDR, windows: torch.Tensor, lengths: torch.Tensor,
     ``targets``), the window ``gap`` clicks earlier generates the parameters a stale
     device would hold, the window itself the ones a request now would bring; applied
     to the current state, how does each rank the click against ``negatives``?"""
-    then_len = (lengths - gap).clamp(min=0)
-    then = torch.where(torch.arange(windows.shape[1])[None] < then_len[:, None], windows, 0)
     candidates = torch.cat([targets[:, None], negatives], dim=1)
     labels = torch.zeros(candidates.shape)
     labels[:, 0] = 1.0
-    u_now, u_then = rec.user_state(windows, lengths), rec.user_state(then, then_len)
+    # the window at t′ is the window at T cut ``gap`` clicks earlier: one pass of each GRU
+    (u_now, g_now), (u_then, g_then) = rec.prefix_states(
+        windows, [lengths, (lengths - gap).clamp(min=0)])
     targets_t = rec.target_trans(rec.item_embedding(candidates))
 
-    def logits(params: list[torch.Tensor]) -> torch.Tensor:
+    def logits(generator_state: torch.Tensor) -> torch.Tensor:
+        params = rec.generator.heads(generator_state)
         return torch.einsum("nd,ncd->nc", rec.user_vector(u_now, params), targets_t)
 
-    still_right = mis_recommendation_label(logits(rec.generate(then, then_len)),
-                                           logits(rec.generate(windows, lengths)))
+    still_right = mis_recommendation_label(logits(g_then), logits(g_now))
     return MRDPairs(u_now, u_then, still_right, targets_t, labels)
 
 

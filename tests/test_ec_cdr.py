@@ -55,3 +55,27 @@ def test_the_generator_learns_with_the_static_layers() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@torch.no_grad()
+def test_prefix_states_are_the_states_of_the_cut_windows_bit_for_bit() -> None:
+    """What IntellectReq's MRD pairs read of a window cut ``gap`` clicks earlier, from
+    one pass over the whole window: the same bits as Ω and the generator run on the cut
+    window itself, an empty cut included, for any number of rows."""
+    torch.manual_seed(0)
+    model = ECCDR(n_items=50, dim=8)
+    for n in (3, 5, 16, 37):
+        g = torch.Generator().manual_seed(n)
+        lengths = torch.randint(0, 13, (n,), generator=g)
+        history = torch.where(torch.arange(12)[None] < lengths[:, None],
+                              torch.randint(1, 51, (n, 12), generator=g), 0)
+        cut = (lengths - torch.randint(1, 6, (n,), generator=g)).clamp(min=0)
+        assert (cut == 0).any() and (cut > 0).any()
+        (u, gen), (u_cut, gen_cut) = model.prefix_states(history, [lengths, cut])
+        window = torch.where(torch.arange(12)[None] < cut[:, None], history, 0)
+        assert torch.equal(u, model.user_state(history, lengths))
+        assert torch.equal(u_cut, model.user_state(window, cut))
+        for ours, theirs in ((gen, model.generate(history, lengths)),
+                             (gen_cut, model.generate(window, cut))):
+            for (W, b), (W_, b_) in zip(model.generator.heads(ours), theirs, strict=True):
+                assert torch.equal(W, W_) and torch.equal(b, b_)
