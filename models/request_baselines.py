@@ -117,21 +117,36 @@ def _lof_of_newest(x: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
     return around / lrd[row, newest]
 
 
+ONE_CLASS = 2            # libsvm's svm_type of the ν one-class SVM
+
+
 def newest_click_ocsvm(embedded: np.ndarray, lengths: np.ndarray,
                        nu: float = OCSVM_NU) -> np.ndarray:
     """The decision value at the newest click of each window ``embedded [N, L, d]`` of a
-    one-class SVM (RBF, γ = 1/d, ``nu``) fitted on that window's clicks (scikit-learn's
-    libsvm, one fit per device and click, as on the device; 0 for one click)."""
-    from sklearn.svm import OneClassSVM
+    one-class SVM (RBF, γ = 1/d, ``nu``) fitted on that window's clicks, one fit per
+    device and click, as on the device (0 for one click).
 
+    scikit-learn's libsvm, called with the arguments ``OneClassSVM(kernel="rbf",
+    gamma=γ, nu=ν).fit`` and ``decision_function`` pass it, without the estimator's
+    per-call checks, which on a 50-click window cost 10× the fit itself; a test holds
+    the values to ``OneClassSVM``'s, bit for bit."""
+    from sklearn.svm import _libsvm as libsvm
+
+    libsvm.set_verbosity_wrap(0)
     gamma = 1.0 / embedded.shape[2]
+    kernel = {"kernel": "rbf", "degree": 3, "gamma": gamma, "coef0": 0.0, "cache_size": 200}
     scores = np.zeros(len(embedded))
     for row, length in enumerate(lengths):
         if length < 2:
             continue
-        window = embedded[row, :length].astype(np.float64)
-        detector = OneClassSVM(kernel="rbf", gamma=gamma, nu=nu).fit(window)
-        scores[row] = float(detector.decision_function(window[-1:])[0])
+        window = np.ascontiguousarray(embedded[row, :length], dtype=np.float64)
+        support, vectors, n_support, dual_coef, intercept, prob_a, prob_b, *_ = libsvm.fit(
+            window, np.ones(length), svm_type=ONE_CLASS, sample_weight=np.empty(0),
+            class_weight=np.empty(0), C=0.0, nu=nu, probability=0, shrinking=1, tol=1e-3,
+            epsilon=0.0, max_iter=-1, random_seed=0, **kernel)
+        scores[row] = libsvm.decision_function(
+            window[-1:], support, vectors, n_support, dual_coef, intercept, prob_a, prob_b,
+            svm_type=ONE_CLASS, **kernel).ravel()[0]
     return scores
 
 

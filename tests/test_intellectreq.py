@@ -179,6 +179,26 @@ def test_lof_of_the_newest_click_is_scikit_learns() -> None:
     assert newest_click_lof(windows[7:8], lengths[7:8])[0] == ours[7]
 
 
+def test_ocsvm_of_the_newest_click_is_scikit_learns_bit_for_bit() -> None:
+    """The ``ocsvm`` agent calls libsvm as scikit-learn's OneClassSVM does, without its
+    checks: the decision value at the newest click equals OneClassSVM's exactly (and
+    fails the day scikit-learn changes how it calls libsvm)."""
+    from dcrec.models.request_baselines import newest_click_ocsvm
+    from sklearn.svm import OneClassSVM
+
+    rng = np.random.default_rng(2)
+    windows = rng.normal(size=(40, 50, 8)).astype(np.float32)
+    lengths = rng.integers(1, 51, 40)
+    ours = newest_click_ocsvm(windows, lengths)
+    for row, length in enumerate(lengths):
+        if length < 2:
+            assert ours[row] == 0.0
+            continue
+        window = windows[row, :length].astype(np.float64)
+        svm = OneClassSVM(kernel="rbf", gamma=1 / 8, nu=0.5).fit(window)
+        assert ours[row] == svm.decision_function(window[-1:])[0]
+
+
 def test_generated_parameters_round_trip_through_their_flat_form() -> None:
     torch.manual_seed(0)
     from dcrec.models.ec_cdr import ECCDR
