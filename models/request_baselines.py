@@ -99,22 +99,33 @@ def newest_click_lof(embedded: np.ndarray, lengths: np.ndarray,
 
 
 def _lof_of_newest(x: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarray:
+    """LOF of each window's newest click. It reads the distance rows of the newest
+    click, of its k neighbours and of theirs (1 + k + k² of the window's L rows), each
+    computed as the whole L × L matrix would hold it."""
     n, width = x.shape[:2]
-    distance = np.sqrt(((x[:, :, None, :] - x[:, None, :, :]) ** 2).sum(-1))   # [n, L, L]
-    position = np.arange(width)
-    valid = position[None] < lengths[:, None]
-    distance[~(valid[:, :, None] & valid[:, None, :])] = np.inf
-    distance[:, position, position] = np.inf                           # not its own neighbour
-    nearest = np.argsort(distance, axis=-1, kind="stable")[..., :k]     # [n, L, k]
-    near_distance = np.take_along_axis(distance, nearest, -1)
-    k_distance = near_distance[..., -1]                                 # [n, L]
     row = np.arange(n)
-    reach = np.maximum(k_distance[row[:, None, None], nearest], near_distance)
+    valid = np.arange(width)[None] < lengths[:, None]                  # [n, L]
+
+    def neighbours(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest clicks of ``points [n, m]`` and their distances ``[n, m, k]``."""
+        m = points.shape[1]
+        distance = np.sqrt(((x[row[:, None], points][:, :, None, :]
+                             - x[:, None, :, :]) ** 2).sum(-1))       # [n, m, L]
+        distance[~np.broadcast_to(valid[:, None, :], distance.shape)] = np.inf
+        distance[row[:, None], np.arange(m)[None], points] = np.inf    # not its own
+        nearest = np.argsort(distance, axis=-1, kind="stable")[..., :k]
+        return nearest, np.take_along_axis(distance, nearest, -1)
+
+    near, near_distance = neighbours((lengths - 1)[:, None])           # the newest click
+    near, near_distance = near[:, 0], near_distance[:, 0]              # [n, k]
+    second, second_distance = neighbours(near)                         # [n, k, k]
+    _, third_distance = neighbours(second.reshape(n, k * k))           # [n, k·k, k]
+    k_distance_near = second_distance[..., -1]                         # [n, k]
+    k_distance_second = third_distance[..., -1].reshape(n, k, k)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        lrd = 1.0 / (reach.mean(-1) + 1e-10)                           # [n, L]
-        newest = lengths - 1
-        around = lrd[row[:, None], nearest[row, newest]].mean(-1)
-    return around / lrd[row, newest]
+        lrd_newest = 1.0 / (np.maximum(k_distance_near, near_distance).mean(-1) + 1e-10)
+        lrd_near = 1.0 / (np.maximum(k_distance_second, second_distance).mean(-1) + 1e-10)
+        return lrd_near.mean(-1) / lrd_newest
 
 
 ONE_CLASS = 2            # libsvm's svm_type of the ν one-class SVM
