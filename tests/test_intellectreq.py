@@ -158,15 +158,19 @@ def test_the_random_agents_draws_are_independent_across_a_devices_clicks() -> No
     assert not np.array_equal(asks[0], asks[1])   # devices do not ask in step
 
 
+def _click_windows(seed: int, n: int, width: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random windows of embedded clicks ``[n, width, dim]`` and their lengths."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, width, dim)).astype(np.float32), rng.integers(1, width + 1, n)
+
+
 def test_lof_of_the_newest_click_is_scikit_learns() -> None:
     """The batched LOF the ``lof`` agent computes per device equals scikit-learn's
     LocalOutlierFactor fitted on each window alone (k = min(2, length − 1))."""
     from dcrec.models.request_baselines import newest_click_lof
     from sklearn.neighbors import LocalOutlierFactor
 
-    rng = np.random.default_rng(1)
-    windows = rng.normal(size=(60, 12, 5)).astype(np.float32)
-    lengths = rng.integers(1, 13, 60)
+    windows, lengths = _click_windows(1, 60, 12, 5)
     ours = newest_click_lof(windows, lengths)
     for row, length in enumerate(lengths):
         if length < 2:
@@ -186,9 +190,7 @@ def test_ocsvm_of_the_newest_click_is_scikit_learns_bit_for_bit() -> None:
     from dcrec.models.request_baselines import newest_click_ocsvm
     from sklearn.svm import OneClassSVM
 
-    rng = np.random.default_rng(2)
-    windows = rng.normal(size=(40, 50, 8)).astype(np.float32)
-    lengths = rng.integers(1, 51, 40)
+    windows, lengths = _click_windows(2, 40, 50, 8)
     ours = newest_click_ocsvm(windows, lengths)
     for row, length in enumerate(lengths):
         if length < 2:
