@@ -140,12 +140,13 @@ class ECCDR(SequentialRecommender):
         omega, _ = self.backbone(embedded)
         generator, _ = self.generator.gru(embedded)
         out = [(last_position(omega, k), last_position(generator, k)) for k in prefixes]
-        if any(bool((k == 0).any()) for k in prefixes):
+        cut_to_nothing = [k == 0 for k in prefixes]
+        if any(bool(rows.any()) for rows in cut_to_nothing):
             empty = self.embed(torch.zeros((ROW_FLOOR, history.shape[1]), dtype=torch.long))
             empty_omega = self.backbone(empty)[0][0, 0]
             empty_generator = self.generator.gru(empty)[0][0, 0]
-            for (u, g), k in zip(out, prefixes, strict=True):
-                u[k == 0], g[k == 0] = empty_omega, empty_generator
+            for (u, g), rows in zip(out, cut_to_nothing, strict=True):
+                u[rows], g[rows] = empty_omega, empty_generator
         return out
 
     def user_vector(self, state: torch.Tensor, params: Generated) -> torch.Tensor:
