@@ -469,6 +469,7 @@ def eval_(
         METHODS,
         NEGATIVES,
         PROTOCOLS,
+        kept_code,
         kept_run,
         markdown_table,
         mean_groups,
@@ -476,6 +477,7 @@ def eval_(
         run_method,
         summarise,
     )
+    from dcrec.replay.provenance import made_by
     from dcrec.streams.presets import PresetContext
 
     if protocol not in PROTOCOLS:
@@ -498,7 +500,7 @@ def eval_(
         _fail(str(error))
     stem = f"{protocol}-{log_.name}" + ("" if negatives == "unclicked" else f"-{negatives}")
     kept = out / stem
-    results = []
+    results, codes = [], []
     with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
         for method in method_list:
             for seed in seed_list:
@@ -516,14 +518,16 @@ def eval_(
                                    if (embedding_dim, lr, l2) != (None, None, None) else {}),
                                 **({"negatives": negatives} if negatives != "unclicked"
                                    else {})}
+                path = kept / f"{method}-seed{seed}.json"
                 try:
                     results.append(kept_run(
-                        kept / f"{method}-seed{seed}.json", settings_key, fresh,
+                        path, settings_key, fresh,
                         lambda m=method, c=ctx, s=seed, f=on_epoch: run_method(
                             log_, protocol, m, s, c, max_epochs=max_epochs,
                             patience=patience, on_epoch=f, negatives=negatives)))
                 except ValueError as error:
                     _fail(str(error))
+                codes.append(kept_code(path))
                 bar.update()
     summary = summarise(results)
     title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}" + (
@@ -544,6 +548,7 @@ def eval_(
                   + f"\n![macro-AUC per activity group]({stem}-groups.png)\n")
         plot_groups(groups, out / f"{stem}-groups.png",
                     f"macro-AUC per activity group, {protocol} on {log_.name}")
+    table += "\n" + made_by(codes) + "\n"
     _write_results(out / stem, {"protocol": protocol, "dataset": log_.name,
                                 "seeds": seed_list, "summary": summary, "runs": results},
                    table, lambda path: plot_summary(summary, title, path))
@@ -568,6 +573,7 @@ def curve(
     """NDCG@10 against the share of clicks that asked for parameters (IntellectReq
     Fig. 5–6): the request agents at each budget between ec-cdr (every click asks) and
     ec-cdr-static (none does). Finished replays are kept in --out and re-used."""
+    from dcrec.replay.provenance import made_by
     from dcrec.replay.request_curve import AGENTS, aggregate, curve_points, markdown, plot
 
     try:
@@ -593,9 +599,10 @@ def curve(
             _fail(str(error))
     points = aggregate(rows)
     title = f"requests against NDCG@10 on {dataset}, seeds {seeds}"
+    table = markdown(points, title) + "\n" + made_by([r["code"] for r in rows]) + "\n"
     _write_results(out / f"curve-{dataset}", {"dataset": dataset, "seeds": seed_list,
                                               "points": points, "runs": rows},
-                   markdown(points, title), lambda path: plot(points, title, path))
+                   table, lambda path: plot(points, title, path))
 
 
 @app.command("resources")

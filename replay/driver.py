@@ -18,6 +18,7 @@ from dcrec.models.metrics import ROUND_METRICS, RankingEvaluator
 from dcrec.replay.log import InteractionLog
 from dcrec.replay.logging_policy import add_exposures
 from dcrec.replay.negatives import NegativeSampler
+from dcrec.replay.provenance import source_digest
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.live_metrics import Meter, describe_run
 from dcrec.streams.local_runtime import LocalRuntime
@@ -254,4 +255,5 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
         # IntellectReq: each threshold the cloud set, with the demand it came from
         **({"thresholds": stats.thresholds} if stats.thresholds else {}),
         "config": config.model_dump(),
+        "code": source_digest(),   # which code made this report
     }

@@ -27,6 +27,7 @@ from dcrec.replay.offline import (
     mc2sf_split,
     train_early_stopped,
 )
+from dcrec.replay.provenance import source_digest
 from dcrec.replay.report import write_json
 from dcrec.streams.presets import PresetContext, sequence_model_factory, training_config
 from dcrec.streams.river_mf import biased_mf
@@ -210,15 +211,26 @@ def load_kept(path: Path, settings: dict) -> dict | None:
     if path.exists():
         kept = json.loads(path.read_text())
         if kept.get("settings") == settings:
-            log.info("re-using %s", path)
+            code = kept.get("code", "unrecorded")
+            if code == source_digest():
+                log.info("re-using %s", path)
+            else:
+                log.warning("re-using %s, made by other code (%s) than this (%s); "
+                            "--fresh re-runs it", path, code, source_digest())
             return kept["result"]
     return None
 
 
+def kept_code(path: Path) -> str | None:
+    """The source digest of the code that made the run kept at ``path`` (None: kept
+    before runs recorded it)."""
+    return json.loads(path.read_text()).get("code")
+
+
 def keep(path: Path, settings: dict, result: dict) -> None:
-    """Keep ``result`` at ``path`` with the ``settings`` that made it."""
+    """Keep ``result`` at ``path`` with the ``settings`` and the code that made it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json({"settings": settings, "result": result}, path)
+    write_json({"settings": settings, "code": source_digest(), "result": result}, path)
 
 
 def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from dcrec.replay.driver import run_replay
-from dcrec.replay.offline_runner import kept_run
+from dcrec.replay.offline_runner import kept_code, kept_run
 
 from dcrec.config import ReplayConfig
 
@@ -23,7 +23,8 @@ BOUNDS = ("ec-cdr", "ec-cdr-static")
 def curve_points(config: ReplayConfig, budgets: list[float], seeds: list[int],
                  agents: tuple[str, ...], kept: Path, fresh: bool = False,
                  on_run: Callable[[str], None] | None = None) -> list[dict]:
-    """One row per (method, budget, seed): the realised request rate and the metrics."""
+    """One row per (method, budget, seed): the realised request rate, the metrics and
+    the source digest of the code that made it."""
     rows = []
     runs = [(m, None) for m in BOUNDS] + [(m, b) for m in agents for b in budgets]
     for seed in seeds:
@@ -34,9 +35,10 @@ def curve_points(config: ReplayConfig, budgets: list[float], seeds: list[int],
             name = f"{method}-b{budget:g}-seed{seed}" if budget is not None \
                 else f"{method}-seed{seed}"
             settings = {"config": run.model_dump(mode="json")}
-            report = kept_run(kept / f"{name}.json", settings, fresh,
-                              lambda r=run: _summary(run_replay(r)))
-            rows.append({"method": method, "budget": budget, "seed": seed, **report})
+            path = kept / f"{name}.json"
+            report = kept_run(path, settings, fresh, lambda r=run: _summary(run_replay(r)))
+            rows.append({"method": method, "budget": budget, "seed": seed, **report,
+                         "code": kept_code(path)})
             if on_run:
                 on_run(name)
     return rows

@@ -200,18 +200,24 @@ def test_eval_keeps_finished_runs_and_resumes_from_them(tmp_path):
     # DCCL Fig. 4 from the same runs: macro-AUC per activity group, averaged over seeds
     assert (tmp_path / "loo-world-groups.png").exists()
     assert "| 1 |" in first.output and "popularity (seeds 0,1)" in first.output
-    # a kept run is re-used as it is: mark it and see the mark in the table
+    assert "All 2 runs made by this code" in first.output
+    # a kept run is re-used as it is: mark it and see the mark in the table; one made
+    # by other code is re-used and named as such
     data["result"]["test"]["HR@10"] = 2.0 - json.loads(
         (tmp_path / "loo-world" / "popularity-seed0.json").read_text())["result"]["test"]["HR@10"]
+    data["code"] = "0123456789ab"
     kept.write_text(json.dumps(data))
     resumed = runner.invoke(app, args)
     assert resumed.exit_code == 0
     summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
     assert summary["popularity"]["HR@10"]["mean"] == pytest.approx(1.0)
+    assert "Runs made by other code than this" in resumed.output
+    assert "1 of 2): 0123456789ab (1)" in resumed.output
     fresh = runner.invoke(app, [*args, "--fresh"])
     assert fresh.exit_code == 0
     summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
     assert summary["popularity"]["HR@10"]["mean"] < 1.0
+    assert "All 2 runs made by this code" in fresh.output
 
 
 def test_up_starts_the_embedded_broker_and_redis_and_down_stops_them(tmp_path, monkeypatch):
@@ -310,3 +316,4 @@ def test_curve_tabulates_the_agents_between_the_bounds_and_resumes(tmp_path):
     assert kept == ["ec-cdr-seed0.json", "ec-cdr-static-seed0.json", "random-b0.5-seed0.json"]
     again = runner.invoke(app, args)  # every replay re-used
     assert again.exit_code == 0 and again.output.count("| random |") == 1
+    assert "All 3 runs made by this code" in again.output
