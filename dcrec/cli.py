@@ -665,6 +665,7 @@ def tune(
     Pareto front of quality (NDCG@10) against cost (uploads + requests + cloud compute
     seconds)."""
     from dcrec.config import parse_duration
+    from dcrec.replay.provenance import made_by
     from dcrec.replay.tuning import (
         TrialRunner,
         TuneSpace,
@@ -709,7 +710,7 @@ def tune(
         except (ValueError, FileNotFoundError) as error:
             _fail(str(error))
     title = f"tuning {method} on {dataset} (seed {seed})"
-    table = markdown(rows, title)
+    table = markdown(rows, title) + "\n" + made_by([r["code"] for r in rows]) + "\n"
     if plot_rounds(rows, f"quality per cloud round, {method} on {dataset} (seed {seed})",
                    stem.parent / f"{stem.name}-rounds.png"):
         table += rounds_markdown(rows) + f"\n![quality per round]({stem.name}-rounds.png)\n"
@@ -776,7 +777,8 @@ def scale(
 
     Each method's finished run is kept under ``--out``; the same command again re-uses
     the runs whose settings match, so methods can be added one at a time."""
-    from dcrec.replay.offline_runner import kept_run
+    from dcrec.replay.offline_runner import kept_code, kept_run
+    from dcrec.replay.provenance import made_by
     from dcrec.replay.scale import extrapolate, markdown, plot, scale_row_in_own_process
     from dcrec.streams.presets import PRESETS
 
@@ -790,17 +792,19 @@ def scale(
                                                             "events": "--events"}))
     console.print(f"{len(names)} replays of {devices:,} devices and {events:,} events, "
                   "one process each")
-    rows = []
+    rows, codes = [], []
     with tqdm(total=len(names), desc="scale", unit="method") as bar:
         for name in names:
             bar.set_postfix_str(name)
             run = config.model_copy(update={"method": name})
-            rows.append(kept_run(out / f"scale-{devices}" / f"{name}.json",
-                                 {"config": run.model_dump(mode="json")}, fresh,
+            path = out / f"scale-{devices}" / f"{name}.json"
+            rows.append(kept_run(path, {"config": run.model_dump(mode="json")}, fresh,
                                  lambda r=run: scale_row_in_own_process(r)))
+            codes.append(kept_code(path))
             bar.update()
     extrapolated = extrapolate(rows, clicks_per_second)
     _write_results(out / f"scale-{devices}", {"rows": rows, "extrapolated": extrapolated,
                                               "clicks_per_second": clicks_per_second},
-                   markdown(rows, extrapolated, clicks_per_second),
+                   markdown(rows, extrapolated, clicks_per_second) + "\n"
+                   + made_by(codes) + "\n",
                    lambda path: plot(rows, extrapolated, path))

@@ -29,7 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from dcrec.replay.offline_runner import keep, load_kept
+from dcrec.replay.offline_runner import keep, kept_code, load_kept
 
 from dcrec.config import ReplayConfig
 
@@ -87,7 +87,8 @@ class TrialRunner:
         self.on_trial = on_trial
 
     def run(self, points: list[dict]) -> list[dict]:
-        """A row per point (in the points' order)."""
+        """A row per point (in the points' order), with the source digest of the code that
+        made it."""
         configs = [self.config.model_copy(update=p) for p in points]
         settings = [{"config": c.model_dump(mode="json")} for c in configs]
         paths = [self.kept / f"{trial_name(p)}.json" for p in points]
@@ -107,7 +108,8 @@ class TrialRunner:
                     keep(paths[k], settings[k], results[k])
                     if self.on_trial:
                         self.on_trial(trial_name(points[k]))
-        return [_row(p, r) for p, r in zip(points, results, strict=True)]
+        return [{**_row(p, r), "code": kept_code(path)}
+                for p, r, path in zip(points, results, paths, strict=True)]
 
 
 def grid_search(space: TuneSpace, runner: TrialRunner, max_trials: int | None) -> list[dict]:

@@ -45,6 +45,7 @@ def test_scale_reports_memory_per_device_and_extrapolates_per_click(tmp_path,
                                 "--clicks-per-second", "1000", "--out", str(tmp_path)])
     assert again.exit_code == 0, again.output
     assert ran == ["river-mf"]
+    assert "All 3 runs made by this code" in again.output
     rows_again = json.loads((tmp_path / "scale-300.json").read_text())["rows"]
     assert rows_again[:2] == data["rows"]
 

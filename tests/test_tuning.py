@@ -46,6 +46,7 @@ def test_tune_runs_trials_in_parallel_keeps_them_and_resumes(tmp_path) -> None:
         assert trial["cost"] == trial["uploads"] + trial["requests"] + trial["cloud_seconds"]
     assert stem.with_suffix(".png").stat().st_size > 0
     assert "More frequent cloud rounds are" in stem.with_suffix(".md").read_text()
+    assert "All 2 runs made by this code" in stem.with_suffix(".md").read_text()
     # quality per cloud round (DCCL Fig. 5): a round per cloud job, every click in one
     for trial in data["trials"]:
         rounds = trial["rounds"]
