@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dcrec.config import (
     DashboardSettings,
@@ -106,6 +108,13 @@ def data_get(name: Annotated[str, typer.Argument(help="dataset name: ml-100k")])
         print(fetch_ml100k())
     except DatasetUnavailable as error:
         _fail(str(error))
+
+
+@contextmanager
+def _progress(**options) -> Iterator[tqdm]:
+    """A tqdm bar that log lines (a kept run made by other code, …) print above."""
+    with logging_redirect_tqdm(), tqdm(**options) as bar:
+        yield bar
 
 
 def _write_results(stem: Path, data: dict, table: str,
@@ -213,8 +222,9 @@ def replay(
         watching = replay_dashboard(config, board_settings)
     else:
         watching = nullcontext()
-    with watching as board, tqdm(total=source.n_events, unit="ev", unit_scale=True,
-                                 disable=quiet, desc=f"{config.method} on {source.name}") as bar:
+    with watching as board, _progress(total=source.n_events, unit="ev", unit_scale=True,
+                                      disable=quiet,
+                                      desc=f"{config.method} on {source.name}") as bar:
         if board is not None:
             console.print(f"dashboard: {board.url}  (recording {board.timeline.record})")
         try:
@@ -501,7 +511,8 @@ def eval_(
     stem = f"{protocol}-{log_.name}" + ("" if negatives == "unclicked" else f"-{negatives}")
     kept = out / stem
     results, codes = [], []
-    with tqdm(total=len(method_list) * len(seed_list), desc=f"eval {protocol}", unit="run") as bar:
+    with _progress(total=len(method_list) * len(seed_list), desc=f"eval {protocol}",
+                   unit="run") as bar:
         for method in method_list:
             for seed in seed_list:
                 ctx = PresetContext(n_users=log_.n_users, n_items=log_.n_items, seed=seed,
@@ -590,7 +601,7 @@ def curve(
                      model=_config(ModelConfig, replay_ratio=replay_ratio),
                      world=_world(world_users, world_items, world_events))
     total = len(seed_list) * (2 + len(agents) * len(budget_list))
-    with tqdm(total=total, desc="curve", unit="replay") as bar:
+    with _progress(total=total, desc="curve", unit="replay") as bar:
         try:
             rows = curve_points(config, budget_list, seed_list, agents,
                                 out / f"curve-{dataset}", fresh,
@@ -701,7 +712,7 @@ def tune(
     total = (min(max_trials or 20, 10_000) if search == "optuna"
              else len(space.grid()[:max_trials]))
     stem = out / f"tune-{dataset}-{method}"
-    with tqdm(total=total, desc="tune", unit="trial") as bar:
+    with _progress(total=total, desc="tune", unit="trial") as bar:
         runner = TrialRunner(config, stem, jobs or default_jobs(), fresh,
                              on_trial=lambda name: (bar.set_postfix_str(name), bar.update()))
         try:
@@ -793,7 +804,7 @@ def scale(
     console.print(f"{len(names)} replays of {devices:,} devices and {events:,} events, "
                   "one process each")
     rows, codes = [], []
-    with tqdm(total=len(names), desc="scale", unit="method") as bar:
+    with _progress(total=len(names), desc="scale", unit="method") as bar:
         for name in names:
             bar.set_postfix_str(name)
             run = config.model_copy(update={"method": name})
