@@ -50,17 +50,27 @@ def _summary(report: dict) -> dict:
 
 
 def aggregate(rows: list[dict], metric: str = "NDCG@10") -> list[dict]:
-    """Mean and std over seeds per (method, budget)."""
+    """Mean and std over seeds per (method, budget); and, where ec-cdr-static ran on
+    the same seeds, the gain over it paired by seed (``gain``, ``gain_std``): seeds
+    differ from each other far more than methods do on one seed."""
     keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rows))
+    never = {r["seed"]: r["metrics"][metric] for r in rows if r["method"] == "ec-cdr-static"}
     out = []
     for method, budget in keys:
         mine = [r for r in rows if r["method"] == method and r["budget"] == budget]
         values = [r["metrics"][metric] for r in mine]
-        out.append({"method": method, "budget": budget, "seeds": len(mine),
-                    "request_rate": float(np.mean([r["request_rate"] for r in mine])),
-                    "mean": float(np.mean(values)),
-                    "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0})
+        point = {"method": method, "budget": budget, "seeds": len(mine),
+                 "request_rate": float(np.mean([r["request_rate"] for r in mine])),
+                 "mean": float(np.mean(values)), "std": _std(values)}
+        if all(r["seed"] in never for r in mine):
+            gains = [r["metrics"][metric] - never[r["seed"]] for r in mine]
+            point.update(gain=float(np.mean(gains)), gain_std=_std(gains))
+        out.append(point)
     return out
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def recovered_gain(points: list[dict], method: str, budget: float | None) -> float:
@@ -93,27 +103,35 @@ def markdown(points: list[dict], title: str, metric: str = "NDCG@10") -> str:
 
 
 def plot(points: list[dict], title: str, path: Path, metric: str = "NDCG@10") -> None:
-    """The metric against the realised request rate; the bounds as lines."""
+    """The metric against the realised request rate, the bounds as lines; beside it,
+    when every point has one, the gain over never asking paired by seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for bound, style in zip(BOUNDS, ("--", ":"), strict=True):
-        mine = [p for p in points if p["method"] == bound]
-        if mine:
-            ax.axhline(mine[0]["mean"], linestyle=style, color="grey", label=bound)
-    for method in dict.fromkeys(p["method"] for p in points if p["budget"] is not None):
-        mine = sorted((p for p in points if p["method"] == method),
-                      key=lambda p: p["request_rate"])
-        ax.errorbar([p["request_rate"] for p in mine], [p["mean"] for p in mine],
-                    yerr=[p["std"] for p in mine], marker="o", capsize=3, label=method)
-    ax.set_xlabel("share of clicks that asked for parameters")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    paired = all("gain" in p for p in points)
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12.4 if paired else 6.4, 4.2),
+                             squeeze=False)
+    panels = [(axes[0, 0], "mean", "std", metric)]
+    if paired:
+        panels.append((axes[0, 1], "gain", "gain_std",
+                       f"{metric} − ec-cdr-static's, paired by seed"))
+    for ax, value, spread, label in panels:
+        for bound, style in zip(BOUNDS, ("--", ":"), strict=True):
+            mine = [p for p in points if p["method"] == bound]
+            if mine:
+                ax.axhline(mine[0][value], linestyle=style, color="grey", label=bound)
+        for method in dict.fromkeys(p["method"] for p in points if p["budget"] is not None):
+            mine = sorted((p for p in points if p["method"] == method),
+                          key=lambda p: p["request_rate"])
+            ax.errorbar([p["request_rate"] for p in mine], [p[value] for p in mine],
+                        yerr=[p[spread] for p in mine], marker="o", capsize=3, label=method)
+        ax.set_xlabel("share of clicks that asked for parameters")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

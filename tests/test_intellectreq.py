@@ -12,7 +12,7 @@ from dcrec.models.intellectreq import (
     mis_recommendation_label,
 )
 from dcrec.replay.driver import run_replay
-from dcrec.replay.request_curve import markdown, recovered_gain
+from dcrec.replay.request_curve import aggregate, markdown, recovered_gain
 from dcrec.state.registry import ModelRegistry
 from dcrec.streams.intellectreq_pipeline import (
     ParameterService,
@@ -544,3 +544,19 @@ def test_the_curve_table_says_what_share_of_ec_cdrs_gain_each_point_recovers() -
     level = [{**p, "mean": 0.3} for p in points]   # nothing to recover: no share
     assert "| intellectreq | 0.3 | 0.300 | 0.3000 ± 0.0000 | — |" in markdown(level, "t")
     assert "gain" not in markdown(points[2:], "t")   # without the bounds, no column
+
+
+def test_the_curve_pairs_each_point_with_never_asking_on_its_seed() -> None:
+    def row(method: str, seed: int, ndcg: float) -> dict:
+        return {"method": method, "budget": None if method.startswith("ec-") else 0.3,
+                "seed": seed, "request_rate": 0.3, "metrics": {"NDCG@10": ndcg}}
+
+    # seeds far apart, the agent a steady 0.01 above never asking on each
+    rows = [row("ec-cdr-static", 0, 0.30), row("ec-cdr-static", 1, 0.50),
+            row("random", 0, 0.31), row("random", 1, 0.51)]
+    static, agent = aggregate(rows)
+    assert agent["std"] == pytest.approx(np.std([0.31, 0.51], ddof=1))
+    assert agent["gain"] == pytest.approx(0.01) and agent["gain_std"] == pytest.approx(0.0)
+    assert static["gain"] == 0.0
+    # a seed without its never-asking run: no paired gain
+    assert "gain" not in aggregate(rows[1:])[1]
