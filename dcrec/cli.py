@@ -479,7 +479,6 @@ def eval_(
         METHODS,
         NEGATIVES,
         PROTOCOLS,
-        kept_code,
         kept_run,
         markdown_table,
         mean_groups,
@@ -529,16 +528,16 @@ def eval_(
                                    if (embedding_dim, lr, l2) != (None, None, None) else {}),
                                 **({"negatives": negatives} if negatives != "unclicked"
                                    else {})}
-                path = kept / f"{method}-seed{seed}.json"
                 try:
-                    results.append(kept_run(
-                        path, settings_key, fresh,
+                    run = kept_run(
+                        kept / f"{method}-seed{seed}.json", settings_key, fresh,
                         lambda m=method, c=ctx, s=seed, f=on_epoch: run_method(
                             log_, protocol, m, s, c, max_epochs=max_epochs,
-                            patience=patience, on_epoch=f, negatives=negatives)))
+                            patience=patience, on_epoch=f, negatives=negatives))
                 except ValueError as error:
                     _fail(str(error))
-                codes.append(kept_code(path))
+                results.append(run.result)
+                codes.append(run.code)
                 bar.update()
     summary = summarise(results)
     title = f"{protocol} on {log_.name}, seeds {','.join(map(str, seed_list))}" + (
@@ -788,7 +787,7 @@ def scale(
 
     Each method's finished run is kept under ``--out``; the same command again re-uses
     the runs whose settings match, so methods can be added one at a time."""
-    from dcrec.replay.offline_runner import kept_code, kept_run
+    from dcrec.replay.offline_runner import kept_run
     from dcrec.replay.provenance import made_by
     from dcrec.replay.scale import extrapolate, markdown, plot, scale_row_in_own_process
     from dcrec.streams.presets import PRESETS
@@ -808,10 +807,11 @@ def scale(
         for name in names:
             bar.set_postfix_str(name)
             run = config.model_copy(update={"method": name})
-            path = out / f"scale-{devices}" / f"{name}.json"
-            rows.append(kept_run(path, {"config": run.model_dump(mode="json")}, fresh,
-                                 lambda r=run: scale_row_in_own_process(r)))
-            codes.append(kept_code(path))
+            kept = kept_run(out / f"scale-{devices}" / f"{name}.json",
+                            {"config": run.model_dump(mode="json")}, fresh,
+                            lambda r=run: scale_row_in_own_process(r))
+            rows.append(kept.result)
+            codes.append(kept.code)
             bar.update()
     extrapolated = extrapolate(rows, clicks_per_second)
     _write_results(out / f"scale-{devices}", {"rows": rows, "extrapolated": extrapolated,

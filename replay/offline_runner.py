@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -206,41 +207,43 @@ def mc2sf_settings(ctx: PresetContext) -> MC2SFSettings:
                          batch_size=ctx.batch_size, train_negatives=ctx.train_negatives)
 
 
-def load_kept(path: Path, settings: dict) -> dict | None:
-    """The result kept at ``path`` if it was made with the same ``settings``."""
+class Kept(NamedTuple):
+    """A kept run's result and the source digest of the code that made it (None: kept
+    before runs recorded it)."""
+
+    result: dict
+    code: str | None
+
+
+def load_kept(path: Path, settings: dict) -> Kept | None:
+    """The run kept at ``path`` if it was made with the same ``settings``."""
     if path.exists():
         kept = json.loads(path.read_text())
         if kept.get("settings") == settings:
-            code = kept.get("code", "unrecorded")
+            code = kept.get("code")
             if code == source_digest():
                 log.info("re-using %s", path)
             else:
                 log.warning("re-using %s, made by other code (%s) than this (%s); "
-                            "--fresh re-runs it", path, code, source_digest())
-            return kept["result"]
+                            "--fresh re-runs it", path, code or "unrecorded",
+                            source_digest())
+            return Kept(kept["result"], code)
     return None
 
 
-def kept_code(path: Path) -> str | None:
-    """The source digest of the code that made the run kept at ``path`` (None: kept
-    before runs recorded it)."""
-    return json.loads(path.read_text()).get("code")
-
-
-def keep(path: Path, settings: dict, result: dict) -> None:
+def keep(path: Path, settings: dict, result: dict) -> Kept:
     """Keep ``result`` at ``path`` with the ``settings`` and the code that made it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json({"settings": settings, "code": source_digest(), "result": result}, path)
+    return Kept(result, source_digest())
 
 
-def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> dict:
-    """The result kept at ``path`` if it was made with the same ``settings`` (and
-    ``fresh`` is false); otherwise compute it and keep it there."""
+def kept_run(path: Path, settings: dict, fresh: bool, compute: Callable[[], dict]) -> Kept:
+    """The run kept at ``path`` if it was made with the same ``settings`` (and ``fresh``
+    is false); otherwise compute it and keep it there."""
     if not fresh and (kept := load_kept(path, settings)) is not None:
         return kept
-    result = compute()
-    keep(path, settings, result)
-    return result
+    return keep(path, settings, compute())
 
 
 def summarise(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from dcrec.replay.driver import run_replay
-from dcrec.replay.offline_runner import kept_code, kept_run
+from dcrec.replay.offline_runner import kept_run
 
 from dcrec.config import ReplayConfig
 
@@ -35,10 +35,10 @@ def curve_points(config: ReplayConfig, budgets: list[float], seeds: list[int],
             name = f"{method}-b{budget:g}-seed{seed}" if budget is not None \
                 else f"{method}-seed{seed}"
             settings = {"config": run.model_dump(mode="json")}
-            path = kept / f"{name}.json"
-            report = kept_run(path, settings, fresh, lambda r=run: _summary(run_replay(r)))
-            rows.append({"method": method, "budget": budget, "seed": seed, **report,
-                         "code": kept_code(path)})
+            report = kept_run(kept / f"{name}.json", settings, fresh,
+                              lambda r=run: _summary(run_replay(r)))
+            rows.append({"method": method, "budget": budget, "seed": seed, **report.result,
+                         "code": report.code})
             if on_run:
                 on_run(name)
     return rows

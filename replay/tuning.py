@@ -29,7 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from dcrec.replay.offline_runner import keep, kept_code, load_kept
+from dcrec.replay.offline_runner import keep, load_kept
 
 from dcrec.config import ReplayConfig
 
@@ -104,12 +104,11 @@ class TrialRunner:
                 futures = {pool.submit(run_trial, configs[k]): k for k in todo}
                 for future in as_completed(futures):
                     k = futures[future]
-                    results[k] = future.result()
-                    keep(paths[k], settings[k], results[k])
+                    results[k] = keep(paths[k], settings[k], future.result())
                     if self.on_trial:
                         self.on_trial(trial_name(points[k]))
-        return [{**_row(p, r), "code": kept_code(path)}
-                for p, r, path in zip(points, results, paths, strict=True)]
+        return [{**_row(p, r.result), "code": r.code}
+                for p, r in zip(points, results, strict=True)]
 
 
 def grid_search(space: TuneSpace, runner: TrialRunner, max_trials: int | None) -> list[dict]:
