@@ -17,6 +17,11 @@ small encoder). Then
   ``r̂ = NPN([e_T; dec(z)])`` scored ``⟨r̂, t_v⟩``; trained by cross-entropy plus
   ``β·KL(Q ‖ P)`` (Eq. 11–16). Its uncertainty about the device is the spread of
   ``r̂`` over ``n`` prior samples: ``u = Σ_k Var_i r̂_i^{(k)}`` (Eq. 17–18).
+- **MRD reading drift** (dcrec's, the ``intellectreq-drift`` preset): the same network
+  with one more input, ``log(1 + D)``, ADWIN's normalised gap between the mean item
+  embedding of the clicks since t′ and that of the window at t′
+  (:func:`~dcrec.models.request_baselines.window_drift`) — like the gap, a function of
+  the two sequences Eq. 9 reads that two state codes of whole windows blur.
 - **MRS** (appendix A.3 ④, MRD and DM together): ``MRS = σ(w·[m; log(1 + u)] + c)`` —
   the estimated chance the device's parameters are still right. A device requests when
   ``MRS ≤ threshold`` (Eq. 19–20); the cloud sets the threshold from the request budget.
@@ -102,41 +107,50 @@ class DistributionMapper(nn.Module):
 class RequestAgentModel(nn.Module):
     """MRD, DM and their combination into the mis-recommendation score (MRS)."""
 
-    def __init__(self, dim: int, hidden: int = 64, latent: int = 16, samples: int = 10) -> None:
+    def __init__(self, dim: int, hidden: int = 64, latent: int = 16, samples: int = 10,
+                 reads_drift: bool = False) -> None:
         super().__init__()
+        self.reads_drift = reads_drift
         self.encoder = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim))
-        self.mrd = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.mrd = nn.Sequential(nn.Linear(2 * dim + 1 + reads_drift, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, 1))
         self.dm = DistributionMapper(dim, latent)
         self.combine = nn.Linear(2, 1)
         # the n prior draws of Eq. 17, fixed with the model (common random numbers)
         self.register_buffer("noise", torch.randn(samples, latent))
 
-    def mrs_logit(self, e_then: torch.Tensor, e_now: torch.Tensor,
-                  since: torch.Tensor) -> torch.Tensor:
+    def mrs_logit(self, e_then: torch.Tensor, e_now: torch.Tensor, since: torch.Tensor,
+                  drift: torch.Tensor | None = None) -> torch.Tensor:
         """The logit of MRS for states ``e_then`` (at the parameters' generation) and
         ``e_now`` ``[N, d]`` (already through :attr:`encoder`), ``since`` ``[N]`` clicks
-        apart (what the two sequences of Eq. 9 show and two codes do not)."""
-        staleness = torch.log1p(since.to(e_now.dtype))[:, None]
-        m = self.mrd(torch.cat([e_then, e_now, staleness], dim=-1)).squeeze(-1)
+        apart (what the two sequences of Eq. 9 show and two codes do not) and, for an
+        agent that :attr:`reads_drift`, their drift statistic D ``[N]``."""
+        if (drift is not None) != self.reads_drift:
+            raise ValueError("the drift statistic D is given exactly to an agent that "
+                             "reads it")
+        features = [e_then, e_now, torch.log1p(since.to(e_now.dtype))[:, None]]
+        if drift is not None:
+            features.append(torch.log1p(drift.to(e_now.dtype))[:, None])
+        m = self.mrd(torch.cat(features, dim=-1)).squeeze(-1)
         u = self.dm.uncertainty(e_now, self.noise)
         return self.combine(torch.stack([m, torch.log1p(u)], dim=-1)).squeeze(-1)
 
-    def mrs(self, e_then: torch.Tensor, e_now: torch.Tensor,
-            since: torch.Tensor) -> torch.Tensor:
+    def mrs(self, e_then: torch.Tensor, e_now: torch.Tensor, since: torch.Tensor,
+            drift: torch.Tensor | None = None) -> torch.Tensor:
         """MRS in (0, 1): the chance parameters from ``e_then`` still serve ``e_now``."""
-        return torch.sigmoid(self.mrs_logit(e_then, e_now, since))
+        return torch.sigmoid(self.mrs_logit(e_then, e_now, since, drift))
 
 
 class IntellectReqModel(nn.Module):
     """What a release carries: the EC-CDR recommender (static layers and generator) and
     the request agent model, with the agent's encoder reading EC-CDR's static state."""
 
-    def __init__(self, n_items: int, dim: int = 32) -> None:
+    def __init__(self, n_items: int, dim: int = 32, reads_drift: bool = False) -> None:
         super().__init__()
         from dcrec.models.ec_cdr import ECCDR
 
         self.rec = ECCDR(n_items, dim)
-        self.agent = RequestAgentModel(dim)
+        self.agent = RequestAgentModel(dim, reads_drift=reads_drift)
 
     def state_code(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """e = encoder(Ω(s)) ``[N, d]``: what MRD and DM read of a click sequence."""

@@ -62,7 +62,7 @@ def event_span(config: ReplayConfig) -> float:
 
 
 # the request agents whose one-device decision ``dcrec bench`` times (IntellectReq Table 1)
-EDGE_DECISIONS = ("intellectreq", "lof", "ocsvm")
+EDGE_DECISIONS = ("intellectreq", "intellectreq-drift", "lof", "ocsvm")
 
 
 def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, float]:
@@ -72,7 +72,7 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
     fitted on the window's item embeddings and the newest click's score."""
     import numpy as np
     import torch
-    from dcrec.models.request_baselines import NOVELTY
+    from dcrec.models.request_baselines import NOVELTY, mean_of_last, window_drift
     from dcrec.replay.driver import preset_context
     from dcrec.replay.request_costs import p50_p99_ms
     from dcrec.streams.presets import build_pipeline
@@ -92,7 +92,13 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
             NOVELTY[config.method](embedding[window.numpy()], length)
         else:
             code = model.agent.encoder(model.rec.user_state(window, torch.tensor([width])))
-            model.agent.mrs(then, code, since)
+            drift = None
+            if model.agent.reads_drift:   # the newest click against the whole window
+                embedded, newest = embedding[window.numpy()], np.ones(1, np.int64)
+                drift = torch.from_numpy(window_drift(
+                    mean_of_last(embedded, length, newest), newest,
+                    mean_of_last(embedded, length, length), length))
+            model.agent.mrs(then, code, since, drift)
 
     windows = iter([torch.from_numpy(rng.integers(1, source.n_items + 1, (1, width)))
                     for _ in range(repeats)])

@@ -16,7 +16,7 @@ from dcrec.replay.offline_runner import kept_run
 
 from dcrec.config import ReplayConfig
 
-AGENTS = ("intellectreq", "random", "drift", "lof", "ocsvm")
+AGENTS = ("intellectreq", "intellectreq-drift", "random", "drift", "lof", "ocsvm")
 BOUNDS = ("ec-cdr", "ec-cdr-static")
 
 

@@ -50,9 +50,13 @@ from dcrec.streams.sequence_pipeline import CloudClickWindows
 from torch.nn import functional as F
 
 WIRE_DTYPE = np.float16     # generated parameters down
-POLICIES = ("always", "never", "random", "mrs", "drift", "lof", "ocsvm")
+POLICIES = ("always", "never", "random", "mrs", "mrs-drift", "drift", "lof", "ocsvm")
 # the agents whose score the cloud thresholds from the budget
-SCORED = ("mrs", "drift", "lof", "ocsvm")
+SCORED = ("mrs", "mrs-drift", "drift", "lof", "ocsvm")
+# the agents that read the request agent model (MRD + DM)
+LEARNT = ("mrs", "mrs-drift")
+# the agents that read the drift statistic D of the clicks since the parameters' window
+READS_DRIFT = ("drift", "mrs-drift")
 # the policies whose decision reads no answer to an earlier request of the device
 ANSWER_FREE = ("always", "never", "random", "lof", "ocsvm")
 # negatives per MRD training pair: the label compares ranks, which 4 resolve coarsely
@@ -71,10 +75,11 @@ def window_after(windows: np.ndarray, lengths: np.ndarray,
     return after, np.minimum(lengths + 1, width).astype(lengths.dtype)
 
 
-def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
+def agent_spec(max_len: int, n_params: int, dim: int, anchored: bool = False) -> StateSpec:
     """A device's state: click window, its parameters and what they were generated at —
     the state code e_{t′} (``drift``: the window's mean item embedding), the click and
-    the window's length —, the model version they and the static layers are of."""
+    the window's length —, the model version they and the static layers are of; an
+    ``anchored`` agent (``mrs-drift``) also keeps the window's mean item embedding."""
     return {
         "seq": StateField("int32", (max_len,)),
         "length": StateField("int32"),
@@ -85,6 +90,7 @@ def agent_spec(max_len: int, n_params: int, dim: int) -> StateSpec:
         "asked_at": StateField("int32"),      # the click its parameters were asked at
         "asked_len": StateField("int32"),     # and the length of the window they came from
         "version": StateField("int32"),
+        **({"anchor": StateField("float32", (dim,))} if anchored else {}),
     }
 
 
@@ -235,7 +241,8 @@ class ParameterRequestProcessor:
         self.threshold = threshold
         self.sizes = self.model.rec.generator.layer_sizes
         n_params = sum(i * o + o for i, o in self.sizes)
-        self.state_spec = agent_spec(max_len, n_params, self.model.rec.dim)
+        self.state_spec = agent_spec(max_len, n_params, self.model.rec.dim,
+                                     anchored=policy == "mrs-drift")
         self.version: ModelVersion | None = None
         self.generic = np.zeros(n_params, np.float32)
         self.empty_code = np.zeros(self.model.rec.dim, np.float32)
@@ -277,7 +284,7 @@ class ParameterRequestProcessor:
                                                      advanced.lengths[first])
         # the windows' item embeddings (what drift and the novelty tests read), and the
         # state code e_T after each click (``drift``: its window's mean embedding)
-        embedded = (self._embedded(after) if self.policy == "drift" or self.policy in NOVELTY
+        embedded = (self._embedded(after) if self.policy in READS_DRIFT or self.policy in NOVELTY
                     else None)
         codes = (mean_of_last(embedded, after_len, after_len) if self.policy == "drift"
                  else self.model.agent.encoder(
@@ -325,6 +332,8 @@ class ParameterRequestProcessor:
         state["has_params"][moved] = 0
         state["code"][moved] = 0.0
         state["asked_len"][moved] = 0
+        if "anchor" in state:
+            state["anchor"][moved] = 0.0
 
     def _embedded(self, windows: np.ndarray) -> np.ndarray:
         """Item embeddings of click windows ``[N, L, d]`` (the drift test's stream)."""
@@ -365,10 +374,7 @@ class ParameterRequestProcessor:
         if self.policy == "random":
             return request_draw(devices[dev], clicks.position, self.seed) < self.budget, mrs
         if self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
-            assert embedded is not None
-            recent = np.minimum(self._clicks_since(state, dev, after_len), after_len)
-            mrs = -window_drift(mean_of_last(embedded, after_len, recent), recent,
-                                state["code"][dev], state["asked_len"][dev])
+            mrs = -self._drift(state, clicks, state["code"][dev])
         elif self.policy in NOVELTY:   # −LOF / OC-SVM value of the newest click, low = ask
             assert embedded is not None
             mrs = NOVELTY[self.policy](embedded, after_len)
@@ -377,10 +383,21 @@ class ParameterRequestProcessor:
             then = np.where(state["has_params"][dev, None] == 1, state["code"][dev],
                             self.empty_code[None])
             since = self._clicks_since(state, dev, after_len)
+            drift = (self._drift(state, clicks, state["anchor"][dev])
+                     if self.policy == "mrs-drift" else None)
             then_t, code_t, since_t = (torch.from_numpy(pad_rows(a))
                                        for a in (then, clicks.code, since))
-            mrs = self.model.agent.mrs(then_t, code_t, since_t)[:n].numpy()
+            drift_t = None if drift is None else torch.from_numpy(pad_rows(drift))
+            mrs = self.model.agent.mrs(then_t, code_t, since_t, drift_t)[:n].numpy()
         return mrs <= self.threshold, mrs
+
+    def _drift(self, state: StateRows, clicks: DecidedClicks, anchor: np.ndarray) -> np.ndarray:
+        """D of each device's clicks since the window its parameters came from, whose
+        mean item embedding is ``anchor`` (0 and no clicks: the generic parameters)."""
+        assert clicks.embedded is not None
+        recent = np.minimum(self._clicks_since(state, clicks.row, clicks.length), clicks.length)
+        return window_drift(mean_of_last(clicks.embedded, clicks.length, recent), recent,
+                            anchor, state["asked_len"][clicks.row])
 
     def _request(self, state: StateRows, devices: np.ndarray, clicks: DecidedClicks,
                  order: np.ndarray, out: Outputs) -> Exchange:
@@ -417,6 +434,11 @@ class ParameterRequestProcessor:
             state["code"][d] = clicks.code[i]
             state["asked_at"][d] = request.position
             state["asked_len"][d] = clicks.length[i]
+            if "anchor" in state:
+                assert clicks.embedded is not None
+                state["anchor"][d] = mean_of_last(clicks.embedded[i:i + 1],
+                                                  clicks.length[i:i + 1],
+                                                  clicks.length[i:i + 1])[0]
             out.bytes_down += len(answer.payload)
 
 
@@ -505,6 +527,22 @@ def mrd_pairs(rec: ECCDR, windows: torch.Tensor, lengths: torch.Tensor,
     return MRDPairs(u_now, u_then, still_right, targets_t, labels)
 
 
+def pair_drift(embedding: np.ndarray, windows: np.ndarray, lengths: np.ndarray,
+               gap: np.ndarray, since: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """D of each MRD pair as its device would compute it: the ``since`` newest clicks of
+    the window at T against the window at t′ (the first ``lengths − gap`` clicks; none
+    for the generic parameters, ``gap ≥ lengths``), over item ``embedding`` rows."""
+    then_len = np.maximum(lengths - gap, 0)
+    out = np.empty(len(windows))
+    for start in range(0, len(windows), chunk):
+        part = slice(start, start + chunk)
+        embedded = embedding[windows[part]]
+        out[part] = window_drift(
+            mean_of_last(embedded, lengths[part], since[part]), since[part],
+            mean_of_last(embedded, then_len[part], then_len[part]), then_len[part])
+    return out
+
+
 def measured_capacity(requests: int, busy_seconds: float, wall_seconds: float,
                       stream_seconds: float) -> float | None:
     """Requests per event-time second the service can answer: requests per second it
@@ -568,7 +606,7 @@ class IntellectReqCloudJob:
         self.model.rec.refresh_generic()
         emitted: list = []
         if self.controller is not None:
-            if self.score == "mrs":
+            if self.score in LEARNT:
                 self._train_agent(windows, lengths, targets)
             self.controller.observe(self._device_mrs(windows, lengths, targets, users))
             load, busy = self.service.take_load(), self.service.take_busy_seconds()
@@ -619,11 +657,13 @@ class IntellectReqCloudJob:
             return NOVELTY[self.score](embedded[after], after_len)
         # clicks since the parameters' window, as the device counts them
         since = np.where(then_lengths > 0, positions - asked_at, after_len)
-        if self.score == "drift":   # as the device: −D of its clicks since it asked
+        if self.score in READS_DRIFT:   # as the device: D of its clicks since it asked
             recent = np.minimum(since, after_len)
             anchor = mean_of_last(embedded[then_windows], then_lengths, then_lengths)
-            return -window_drift(mean_of_last(embedded[after], after_len, recent), recent,
+            drift = window_drift(mean_of_last(embedded[after], after_len, recent), recent,
                                  anchor, then_lengths)
+            if self.score == "drift":
+                return -drift
         agent = self.model.agent
         now = self.model.state_code(*(torch.from_numpy(a.astype(np.int64))
                                       for a in (after, after_len)))
@@ -631,7 +671,8 @@ class IntellectReqCloudJob:
                                        for a in (then_windows, then_lengths)))
         # a device on the generic parameters compares against the empty window's code
         then[torch.from_numpy(then_lengths == 0)] = self.model.empty_code()
-        return agent.mrs(then, now, torch.from_numpy(since)).numpy()
+        return agent.mrs(then, now, torch.from_numpy(since),
+                         torch.from_numpy(drift) if agent.reads_drift else None).numpy()
 
     def _train_agent(self, windows: np.ndarray, lengths: np.ndarray,
                      targets: np.ndarray) -> None:
@@ -653,10 +694,14 @@ class IntellectReqCloudJob:
                           torch.from_numpy(targets.astype(np.int64)), gap, negatives)
         u_now, u_then, still_right = pairs.u_now, pairs.u_then, pairs.still_right
         targets_t, labels = pairs.candidates, pairs.labels
+        drift = (torch.from_numpy(pair_drift(
+            rec.item_embedding.weight.detach().numpy(), windows, lengths, gap.numpy(),
+            since.numpy())) if agent.reads_drift else None)
 
         def loss(i: torch.Tensor) -> torch.Tensor:   # MRD's and DM's, over the pairs i
             e_now, e_then = agent.encoder(u_now[i]), agent.encoder(u_then[i])
-            mrs_logit = agent.mrs_logit(e_then, e_now, since[i])
+            mrs_logit = agent.mrs_logit(e_then, e_now, since[i],
+                                        None if drift is None else drift[i])
             return (F.binary_cross_entropy_with_logits(mrs_logit, still_right[i])
                     + agent.dm.loss(e_now, targets_t[i, 0], targets_t[i], labels[i]))
 

@@ -156,7 +156,8 @@ def cocorrrec_pipeline(name: str, ctx: PresetContext) -> Pipeline:
 
 # request policy of each EC-CDR preset (IntellectReq §4): bounds and the agents
 _REQUEST_POLICIES = {"ec-cdr": "always", "ec-cdr-static": "never", "random": "random",
-                     "intellectreq": "mrs", "drift": "drift", "lof": "lof", "ocsvm": "ocsvm"}
+                     "intellectreq": "mrs", "intellectreq-drift": "mrs-drift", "drift": "drift",
+                     "lof": "lof", "ocsvm": "ocsvm"}
 EC_CDR_REPLAY = 4   # past clicks an EC-CDR cloud job rehearses per new click
 
 
@@ -169,7 +170,7 @@ def intellectreq_pipeline(name: str, ctx: PresetContext) -> Pipeline:
 
     def factory() -> IntellectReqModel:
         torch.manual_seed(ctx.seed)
-        return IntellectReqModel(ctx.n_items, dim)
+        return IntellectReqModel(ctx.n_items, dim, reads_drift=name == "intellectreq-drift")
 
     # Eq. 6 trains the generator on the global history: each cloud job rehearses
     # ``EC_CDR_REPLAY`` past clicks per new one (without, the generator learns too little
@@ -242,6 +243,9 @@ PRESETS: dict[str, Preset] = {
     "intellectreq": Preset("IntellectReq: a device asks for EC-CDR parameters when its "
                            "mis-recommendation score is under the cloud's load-aware "
                            "threshold", lambda ctx: intellectreq_pipeline("intellectreq", ctx)),
+    "intellectreq-drift": Preset("IntellectReq whose MRD also reads the drift statistic D of "
+                                 "the device's clicks since its parameters' window",
+                                 lambda ctx: intellectreq_pipeline("intellectreq-drift", ctx)),
     "river-mf": Preset("river's online BiasedMF, learning from every click",
                        lambda ctx: Pipeline(processor=RiverMFProcessor(ctx.n_items, ctx.seed))),
     "popularity": Preset("items ranked by their clicks so far",

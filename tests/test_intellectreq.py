@@ -73,12 +73,13 @@ def test_the_dm_learns_the_next_item_and_its_kl_stays_finite() -> None:
 
 
 def _fit_mrs(agent: RequestAgentModel, then: torch.Tensor, now: torch.Tensor,
-             since: torch.Tensor, still_right: torch.Tensor) -> None:
+             since: torch.Tensor, still_right: torch.Tensor,
+             drift: torch.Tensor | None = None) -> None:
     """200 Adam steps of MRS on ``still_right`` labels."""
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
     for _ in range(200):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            agent.mrs_logit(then, now, since), still_right)
+            agent.mrs_logit(then, now, since, drift), still_right)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -118,6 +119,46 @@ def test_mrs_reads_how_many_clicks_old_the_parameters_are() -> None:
     assert fresh.mean() > 0.8 and stale.mean() < 0.2
 
 
+def test_an_mrd_reading_drift_tells_devices_apart_by_d_alone() -> None:
+    """The same codes and clicks since, parameters still right where the clicks since
+    stayed near their window (small D) and not where they left it: the agent that reads
+    D learns it; one that does not is not given D."""
+    torch.manual_seed(0)
+    agent = RequestAgentModel(dim=8, samples=4, reads_drift=True)
+    then = torch.randn(256, 8)
+    now, since = then.clone(), torch.full((256,), 3)
+    left = torch.rand(256) < 0.5
+    drift = torch.where(left, 4.0 + torch.rand(256), 0.2 * torch.rand(256))
+    _fit_mrs(agent, then, now, since, (~left).float(), drift)
+    with torch.no_grad():
+        mrs = agent.mrs(then, now, since, drift)
+    assert mrs[~left].mean() > 0.8 and mrs[left].mean() < 0.2
+    with pytest.raises(ValueError, match="drift statistic"):
+        agent.mrs(then, now, since)
+    with pytest.raises(ValueError, match="drift statistic"):
+        RequestAgentModel(dim=8).mrs(then, now, since, drift)
+
+
+def test_the_drift_of_an_mrd_pair_is_the_devices_d() -> None:
+    """A hand-built pair: D of the window's ``since`` newest clicks against the window
+    ``gap`` clicks earlier, as a device holding those parameters computes it; with the
+    generic parameters (gap past the window) against nothing."""
+    from dcrec.models.request_baselines import window_drift
+    from dcrec.streams.intellectreq_pipeline import pair_drift
+
+    embedding = np.arange(20, dtype=np.float32).reshape(10, 2)
+    windows = np.array([[1, 2, 3, 4], [5, 6, 0, 0]])
+    lengths, gap = np.array([4, 2]), np.array([1, 5])
+    since = np.minimum(gap, lengths)
+    drift = pair_drift(embedding, windows, lengths, gap, since, chunk=1)
+    newest, then = embedding[[4]].mean(0), embedding[[1, 2, 3]].mean(0)
+    generic = embedding[[5, 6]].mean(0)
+    expected = window_drift(np.stack([newest, generic]), np.array([1, 2]),
+                            np.stack([then, np.zeros(2)]), np.array([3, 0]))
+    np.testing.assert_allclose(drift, expected)
+    assert drift[0] == pytest.approx(np.linalg.norm(newest - then) * np.sqrt(3 / 4))
+
+
 REPLAY = ReplayConfig(dataset="world", method="ec-cdr", seed=0, request_budget=0.2,
                       world=WorldSettings(users=120, items=150, events=6000))
 
@@ -134,7 +175,8 @@ def test_the_bounds_request_at_every_click_or_never() -> None:
     assert always["perf"]["state_bytes_per_device"] <= 8 * 1024
 
 
-@pytest.mark.parametrize("method", ["random", "intellectreq", "drift", "lof", "ocsvm"])
+@pytest.mark.parametrize("method", ["random", "intellectreq", "intellectreq-drift", "drift",
+                                    "lof", "ocsvm"])
 def test_the_budgeted_agents_request_a_share_of_clicks(method: str) -> None:
     report = run_replay(REPLAY.model_copy(update={"method": method}))
     rate = report["comm"]["request_rate"]
@@ -373,7 +415,7 @@ def test_a_device_never_requests_when_the_threshold_is_below_every_mrs() -> None
     assert out.requests == 9
 
 
-@pytest.mark.parametrize("method", ["intellectreq", "lof", "ocsvm"])
+@pytest.mark.parametrize("method", ["intellectreq", "intellectreq-drift", "lof", "ocsvm"])
 def test_bench_times_one_device_request_decision(method: str) -> None:
     from dcrec.replay.bench import edge_decision_ms
 
@@ -383,7 +425,8 @@ def test_bench_times_one_device_request_decision(method: str) -> None:
         edge_decision_ms(REPLAY.model_copy(update={"method": "random"}), repeats=1)
 
 
-@pytest.mark.parametrize("method", ["intellectreq", "drift", "lof", "ocsvm"])
+@pytest.mark.parametrize("method", ["intellectreq", "intellectreq-drift", "drift", "lof",
+                                    "ocsvm"])
 def test_the_cloud_computes_each_devices_mrs_as_the_device_did(method: str) -> None:
     """The threshold's sample: for every click of a release's interval the cloud
     rebuilds the MRS the device's agent computed — against the window of the device's
