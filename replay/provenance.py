@@ -43,5 +43,5 @@ def made_by(codes: list[str | None]) -> str:
     if set(counts) == {here}:
         return f"All {len(codes)} runs made by this code (source digest {here})."
     others = ", ".join(f"{code} ({n})" for code, n in counts.items() if code != here)
-    return (f"Runs made by other code than this (source digest {here}, {counts[here]} of "
-            f"{len(codes)}): {others}. `--fresh` re-runs them.")
+    return (f"{counts[here]} of {len(codes)} runs made by this code (source digest "
+            f"{here}), the others by other code: {others}. `--fresh` re-runs them.")

@@ -211,8 +211,8 @@ def test_eval_keeps_finished_runs_and_resumes_from_them(tmp_path):
     assert resumed.exit_code == 0
     summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
     assert summary["popularity"]["HR@10"]["mean"] == pytest.approx(1.0)
-    assert "Runs made by other code than this" in resumed.output
-    assert "1 of 2): 0123456789ab (1)" in resumed.output
+    assert ("1 of 2 runs made by this code (source digest " in resumed.output
+            and "the others by other code: 0123456789ab (1)." in resumed.output)
     fresh = runner.invoke(app, [*args, "--fresh"])
     assert fresh.exit_code == 0
     summary = json.loads((tmp_path / "loo-world.json").read_text())["summary"]
