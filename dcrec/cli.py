@@ -579,6 +579,8 @@ def curve(
     world_events: WorldEvents = None,
     out: Annotated[Path, typer.Option(help="folder for JSON, Markdown, PNG")] = Path("runs/curve"),
     fresh: Annotated[bool, typer.Option(help="ignore finished replays kept in --out")] = False,
+    kept_only: Annotated[bool, typer.Option(
+        help="table the replays kept in --out only, running none")] = False,
 ) -> None:
     """NDCG@10 against the share of clicks that asked for parameters (IntellectReq
     Fig. 5–6): the request agents at each budget between ec-cdr (every click asks) and
@@ -604,9 +606,12 @@ def curve(
         try:
             rows = curve_points(config, budget_list, seed_list, agents,
                                 out / f"curve-{dataset}", fresh,
-                                on_run=lambda name: (bar.set_postfix_str(name), bar.update()))
+                                on_run=lambda name: (bar.set_postfix_str(name), bar.update()),
+                                kept_only=kept_only)
         except (ValueError, FileNotFoundError) as error:
             _fail(str(error))
+    if not rows:
+        _fail(f"no replays with these settings kept in {out / f'curve-{dataset}'}")
     points = aggregate(rows)
     title = f"requests against NDCG@10 on {dataset}, seeds {seeds}"
     table = markdown(points, title) + "\n" + made_by([r["code"] for r in rows]) + "\n"

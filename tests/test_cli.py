@@ -317,3 +317,10 @@ def test_curve_tabulates_the_agents_between_the_bounds_and_resumes(tmp_path):
     again = runner.invoke(app, args)  # every replay re-used
     assert again.exit_code == 0 and again.output.count("| random |") == 1
     assert "All 3 runs made by this code" in again.output
+    # a grid tabled as far as it has run: seed 1 is not kept, so it is left out, not run
+    partial = runner.invoke(app, [*args[:-3], "0,1", "--out", str(tmp_path), "--kept-only"])
+    assert partial.exit_code == 0, partial.output
+    assert partial.output.count("| random |") == 1 and len(list(
+        (tmp_path / "curve-world").iterdir())) == 3
+    nothing = runner.invoke(app, [*args[:-3], "1", "--out", str(tmp_path), "--kept-only"])
+    assert nothing.exit_code != 0 and "no replays with these settings" in nothing.output

@@ -603,3 +603,18 @@ def test_the_curve_pairs_each_point_with_never_asking_on_its_seed() -> None:
     assert static["gain"] == 0.0
     # a seed without its never-asking run: no paired gain
     assert "gain" not in aggregate(rows[1:])[1]
+
+
+def test_a_point_on_fewer_seeds_is_held_against_the_bounds_on_its_own_seeds() -> None:
+    """A grid tabled as far as it has run: an agent measured on seed 1 only recovers its
+    share of ec-cdr's gain on seed 1, not of the bounds' means over seeds 0 and 1."""
+    def row(method: str, seed: int, ndcg: float) -> dict:
+        return {"method": method, "budget": None if method.startswith("ec-") else 0.3,
+                "seed": seed, "request_rate": 0.3, "metrics": {"NDCG@10": ndcg}}
+
+    rows = [row("ec-cdr", 0, 0.40), row("ec-cdr-static", 0, 0.30),
+            row("ec-cdr", 1, 0.60), row("ec-cdr-static", 1, 0.50), row("random", 1, 0.58)]
+    points = aggregate(rows)
+    assert recovered_gain(points, "random", 0.3) == pytest.approx(0.8)
+    table = markdown(points, "t")
+    assert "| seeds |" in table and "| random | 0.3 | 0.300 | 0.5800 ± 0.0000 | 1 | 80% |" in table
