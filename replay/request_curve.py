@@ -87,14 +87,11 @@ def recovered_gain(points: list[dict], method: str, budget: float | None) -> flo
     ec-cdr's quality, 0 ec-cdr-static's; NaN when the bounds are level. A point run on
     fewer seeds than the bounds is compared with the bounds on its own seeds."""
     by = {(p["method"], p["budget"]): p for p in points}
-    low, high, point = by[("ec-cdr-static", None)], by[("ec-cdr", None)], by[(method, budget)]
-    seeds = [s for s in point.get("by_seed", {})
-             if s in low.get("by_seed", {}) and s in high.get("by_seed", {})]
-    if seeds and len(seeds) < len(low["by_seed"]):
-        low_, high_ = (float(np.mean([b["by_seed"][s] for s in seeds])) for b in (low, high))
-    else:
-        low_, high_ = low["mean"], high["mean"]
-    return (point["mean"] - low_) / (high_ - low_) if high_ != low_ else float("nan")
+    trio = (by[(method, budget)], by[("ec-cdr-static", None)], by[("ec-cdr", None)])
+    seeds = set.intersection(*(set(p.get("by_seed", ())) for p in trio))
+    value, low, high = (float(np.mean([p["by_seed"][s] for s in sorted(seeds)])) if seeds
+                        else p["mean"] for p in trio)
+    return (value - low) / (high - low) if high != low else float("nan")
 
 
 def markdown(points: list[dict], title: str, metric: str = "NDCG@10") -> str:

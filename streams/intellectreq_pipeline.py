@@ -374,7 +374,8 @@ class ParameterRequestProcessor:
         if self.policy == "random":
             return request_draw(devices[dev], clicks.position, self.seed) < self.budget, mrs
         if self.policy == "drift":   # the drift statistic D, high = ask (as −D ≤ …)
-            mrs = -self._drift(state, clicks, state["code"][dev])
+            since = self._clicks_since(state, dev, after_len)
+            mrs = -self._drift(state, clicks, since, state["code"][dev])
         elif self.policy in NOVELTY:   # −LOF / OC-SVM value of the newest click, low = ask
             assert embedded is not None
             mrs = NOVELTY[self.policy](embedded, after_len)
@@ -383,7 +384,7 @@ class ParameterRequestProcessor:
             then = np.where(state["has_params"][dev, None] == 1, state["code"][dev],
                             self.empty_code[None])
             since = self._clicks_since(state, dev, after_len)
-            drift = (self._drift(state, clicks, state["anchor"][dev])
+            drift = (self._drift(state, clicks, since, state["anchor"][dev])
                      if self.policy == "mrs-drift" else None)
             then_t, code_t, since_t = (torch.from_numpy(pad_rows(a))
                                        for a in (then, clicks.code, since))
@@ -391,11 +392,13 @@ class ParameterRequestProcessor:
             mrs = self.model.agent.mrs(then_t, code_t, since_t, drift_t)[:n].numpy()
         return mrs <= self.threshold, mrs
 
-    def _drift(self, state: StateRows, clicks: DecidedClicks, anchor: np.ndarray) -> np.ndarray:
-        """D of each device's clicks since the window its parameters came from, whose
-        mean item embedding is ``anchor`` (0 and no clicks: the generic parameters)."""
+    @staticmethod
+    def _drift(state: StateRows, clicks: DecidedClicks, since: np.ndarray,
+               anchor: np.ndarray) -> np.ndarray:
+        """D of each device's ``since`` clicks since the window its parameters came from,
+        whose mean item embedding is ``anchor`` (0 and no clicks: the generic ones)."""
         assert clicks.embedded is not None
-        recent = np.minimum(self._clicks_since(state, clicks.row, clicks.length), clicks.length)
+        recent = np.minimum(since, clicks.length)
         return window_drift(mean_of_last(clicks.embedded, clicks.length, recent), recent,
                             anchor, state["asked_len"][clicks.row])
 
