@@ -78,6 +78,23 @@ def window_drift(recent: np.ndarray, n_recent: np.ndarray, anchor: np.ndarray,
     return np.linalg.norm(mu1 - anchor, axis=1) * weight
 
 
+def drift_since(now: np.ndarray, now_len: np.ndarray, since: np.ndarray,
+                then: np.ndarray, then_len: np.ndarray) -> np.ndarray:
+    """D of the ``since`` newest clicks of each left-aligned window ``now [N, L, d]``
+    (``now_len`` clicks; all of them when ``since`` is more) against the whole of the
+    window ``then [N, L′, d]`` its parameters came from (``then_len`` clicks; 0: the
+    generic parameters, compared against the origin).
+
+    >>> now = np.array([[[1.0, 0.0], [3.0, 0.0]]])
+    >>> then = np.array([[[1.0, 0.0], [0.0, 0.0]]])
+    >>> float(drift_since(now, np.array([2]), np.array([1]), then, np.array([1]))[0])
+    1.4142135623730951
+    """
+    recent = np.minimum(since, now_len)
+    return window_drift(mean_of_last(now, now_len, recent), recent,
+                        mean_of_last(then, then_len, then_len), then_len)
+
+
 LOF_NEIGHBOURS = 2      # the authors' n_neighbors
 OCSVM_NU = 0.5          # scikit-learn's default, as the authors used it
 

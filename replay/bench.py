@@ -72,7 +72,7 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
     fitted on the window's item embeddings and the newest click's score."""
     import numpy as np
     import torch
-    from dcrec.models.request_baselines import NOVELTY, mean_of_last, window_drift
+    from dcrec.models.request_baselines import NOVELTY, drift_since
     from dcrec.replay.driver import preset_context
     from dcrec.replay.request_costs import p50_p99_ms
     from dcrec.streams.presets import build_pipeline
@@ -95,9 +95,8 @@ def edge_decision_ms(config: ReplayConfig, repeats: int = 500) -> tuple[float, f
             drift = None
             if model.agent.reads_drift:   # the newest click against the whole window
                 embedded, newest = embedding[window.numpy()], np.ones(1, np.int64)
-                drift = torch.from_numpy(window_drift(
-                    mean_of_last(embedded, length, newest), newest,
-                    mean_of_last(embedded, length, length), length))
+                drift = torch.from_numpy(drift_since(embedded, length, newest, embedded,
+                                                     length))
             model.agent.mrs(then, code, since, drift)
 
     windows = iter([torch.from_numpy(rng.integers(1, source.n_items + 1, (1, width)))

@@ -36,7 +36,12 @@ import numpy as np
 import torch
 from dcrec.models.ec_cdr import ECCDR, flatten, unflatten
 from dcrec.models.intellectreq import IntellectReqModel, mis_recommendation_label
-from dcrec.models.request_baselines import NOVELTY, mean_of_last, window_drift
+from dcrec.models.request_baselines import (
+    NOVELTY,
+    drift_since,
+    mean_of_last,
+    window_drift,
+)
 from dcrec.models.training import AdamTrainer, IncrementalTrainer, TrainingConfig, pad_rows
 from dcrec.state import click_history
 from dcrec.state.device_state import StateField, StateRows, StateSpec
@@ -540,9 +545,8 @@ def pair_drift(embedding: np.ndarray, windows: np.ndarray, lengths: np.ndarray,
     for start in range(0, len(windows), chunk):
         part = slice(start, start + chunk)
         embedded = embedding[windows[part]]
-        out[part] = window_drift(
-            mean_of_last(embedded, lengths[part], since[part]), since[part],
-            mean_of_last(embedded, then_len[part], then_len[part]), then_len[part])
+        out[part] = drift_since(embedded, lengths[part], since[part], embedded,
+                                then_len[part])
     return out
 
 
@@ -661,10 +665,8 @@ class IntellectReqCloudJob:
         # clicks since the parameters' window, as the device counts them
         since = np.where(then_lengths > 0, positions - asked_at, after_len)
         if self.score in READS_DRIFT:   # as the device: D of its clicks since it asked
-            recent = np.minimum(since, after_len)
-            anchor = mean_of_last(embedded[then_windows], then_lengths, then_lengths)
-            drift = window_drift(mean_of_last(embedded[after], after_len, recent), recent,
-                                 anchor, then_lengths)
+            drift = drift_since(embedded[after], after_len, since, embedded[then_windows],
+                                then_lengths)
             if self.score == "drift":
                 return -drift
         agent = self.model.agent
