@@ -23,6 +23,7 @@ from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.live_metrics import Meter, describe_run
 from dcrec.streams.local_runtime import LocalRuntime
 from dcrec.streams.presets import PresetContext, build_pipeline
+from dcrec.streams.processor import PARAMETER_AGE_BINS
 from dcrec.streams.schema import Rejected
 
 from dcrec.config import KafkaRuntimeSettings, ReplayConfig, WorldSettings
@@ -231,6 +232,9 @@ def run_replay(config: ReplayConfig, source: ReplaySource | None = None,
             "upload_bytes": stats.upload_bytes,  # of bytes_up: device uploads (F2S, …)
             "cloud_jobs": stats.cloud_jobs,
         },
+        **({"parameter_age": dict(zip(PARAMETER_AGE_BINS, stats.parameter_age.tolist(),
+                                      strict=True))}
+           if stats.parameter_age is not None else {}),
         "perf": {
             "wall_seconds": wall,
             "events_per_second": stats.events / wall if wall > 0 else 0.0,

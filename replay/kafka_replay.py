@@ -32,6 +32,7 @@ from dcrec.state.device_state import spec_nbytes
 from dcrec.state.redis_store import HEADER, RedisDeviceStore, RunKeys, redis_client
 from dcrec.streams.live_metrics import SERVING, Meter, describe_run, serve_metrics
 from dcrec.streams.presets import build_pipeline
+from dcrec.streams.processor import PARAMETER_AGE_BINS
 from dcrec.streams.replay_producer import ReplayProducer, produce_slices
 from dcrec.streams.run_keys import latency_percentile, read_progress
 from dcrec.streams.schema import decode
@@ -360,6 +361,10 @@ def kafka_report(client: redis.Redis, run: str, config: ReplayConfig, source: Re
             "upload_bytes": stats.get("upload_bytes", 0),
             "cloud_jobs": int(cloud.get("cloud_jobs", 0)),
         },
+        **({"parameter_age": {label: stats.get(f"parameter_age {label}", 0)
+                              for label in PARAMETER_AGE_BINS}}
+           if any(f"parameter_age {label}" in stats for label in PARAMETER_AGE_BINS)
+           else {}),
         "perf": {
             "wall_seconds": wall,
             "events_per_second": events / wall if wall > 0 else 0.0,

@@ -53,4 +53,7 @@ def replay_markdown(report: dict) -> str:
     if ev["invalid_reasons"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in ev["invalid_reasons"].items())
         lines.append(f"- invalid input by reason: {reasons}")
+    if report.get("parameter_age"):
+        ages = ", ".join(f"{k}: {v:,}" for k, v in report["parameter_age"].items())
+        lines.append(f"- scored clicks by the age of their parameters (clicks): {ages}")
     return "\n".join(lines) + "\n"

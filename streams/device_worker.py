@@ -46,7 +46,7 @@ from dcrec.streams.device_messages import (
 )
 from dcrec.streams.live_metrics import Meter
 from dcrec.streams.local_runtime import CandidateSampler
-from dcrec.streams.processor import DeviceBatch, DeviceProcessor
+from dcrec.streams.processor import PARAMETER_AGE_BINS, DeviceBatch, DeviceProcessor
 from dcrec.streams.read_continuity import Continuity, ReadContinuity
 from dcrec.streams.run_keys import Progress, latency_buckets, progress_keys, read_progress
 from dcrec.streams.schema import (
@@ -489,6 +489,9 @@ class DeviceWorker:
                             exposures=int((~clicks).sum()), evaluated=int(evaluate.sum()),
                             uploads=out.uploads, requests=out.requests, bytes_up=out.bytes_up,
                             bytes_down=out.bytes_down)
+            if out.parameter_age is not None:
+                counters.update({f"parameter_age {label}": int(n) for label, n
+                                 in zip(PARAMETER_AGE_BINS, out.parameter_age, strict=True)})
             eval_totals, user_auc = self._evaluation(batch.user[evaluate], out.scores)
             responder = getattr(self.processor, "responder", None)
             if hasattr(responder, "take_stats"):  # CoCorrRec corrections over the topics

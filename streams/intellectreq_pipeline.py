@@ -48,7 +48,13 @@ from dcrec.state.device_state import StateField, StateRows, StateSpec
 from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.admission import RequestAdmission
 from dcrec.streams.event_batch import EventBatch
-from dcrec.streams.processor import DeviceBatch, Outputs, Responder
+from dcrec.streams.processor import (
+    PARAMETER_AGE_BINS,
+    DeviceBatch,
+    Outputs,
+    Responder,
+    parameter_age_counts,
+)
 from dcrec.streams.request_service import RequestService
 from dcrec.streams.schema import CLICK, ParamRequest, ParamResponse, Release, Threshold
 from dcrec.streams.sequence_pipeline import CloudClickWindows
@@ -274,7 +280,8 @@ class ParameterRequestProcessor:
         evaluated = batch.evaluate[clicks]
         eval_index = np.cumsum(evaluated) - 1
         scores = np.zeros(batch.candidates.shape, np.float32)
-        out = Outputs(scores=scores)
+        out = Outputs(scores=scores,
+                      parameter_age=np.zeros(len(PARAMETER_AGE_BINS), np.int64))
         rank = click_history.occurrence(rows)
         previous, _ = click_history.neighbours(rows)
         # Ω after every click in one call, and before it: after the device's previous
@@ -312,6 +319,10 @@ class ParameterRequestProcessor:
                 s = k[served]
                 scores[eval_index[s]] = self._score(before_state[s], params[served],
                                                     batch.candidates[eval_index[s]] + 1)
+                held = dev[served]
+                out.parameter_age += parameter_age_counts(
+                    state["clicks"][held] - state["asked_at"][held],
+                    state["has_params"][held] == 0)
             if whole is None:
                 mine = decided.take(k)
                 exchange = self._request(state, batch.devices, mine, np.arange(len(k)), out)

@@ -71,12 +71,17 @@ class RunStats:
     job_marks: list[tuple[int, int]] = field(default_factory=list)
     batch_latency_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    # served clicks per parameter age (processors serving generated parameters)
+    parameter_age: np.ndarray | None = None
 
     def add(self, out: Outputs) -> None:
         self.uploads += out.uploads
         self.requests += out.requests
         self.bytes_up += out.bytes_up
         self.bytes_down += out.bytes_down
+        if out.parameter_age is not None:
+            self.parameter_age = (out.parameter_age if self.parameter_age is None
+                                  else self.parameter_age + out.parameter_age)
 
 
 def slice_batch(batch: EventBatch, start: int, stop: int) -> EventBatch:

@@ -45,10 +45,31 @@ class DeviceBatch:
         return cls(events, devices, row, evaluate, candidates)
 
 
+# How old the parameters were that served each evaluated click, for processors that
+# serve parameters the cloud generated from a click window (the EC-CDR presets): clicks
+# since that window (1: generated from the window just before the click), in these bins;
+# "generic": the release's generic parameters, held until the device asks.
+PARAMETER_AGE_BINS = ("generic", "1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", ">64")
+_AGE_EDGES = np.array([1, 2, 4, 8, 16, 32, 64])
+
+
+def parameter_age_counts(ages: np.ndarray, generic: np.ndarray) -> np.ndarray:
+    """Counts per :data:`PARAMETER_AGE_BINS` of served clicks whose parameters are
+    ``ages`` clicks old, or ``generic``.
+
+    >>> parameter_age_counts(np.array([1, 1, 3, 9, 100, 5]),
+    ...                      np.array([False, False, False, False, False, True])).tolist()
+    [1, 2, 0, 1, 0, 1, 0, 0, 1]
+    """
+    bins = np.where(generic, 0, 1 + np.searchsorted(_AGE_EDGES, ages, side="left"))
+    return np.bincount(bins, minlength=len(PARAMETER_AGE_BINS))
+
+
 @dataclass
 class Outputs:
     """What a processor call produced: scores for the evaluated clicks (in stream
-    order), events to emit, and the communication it caused."""
+    order), events to emit, the communication it caused and, where it serves generated
+    parameters, their age per served click (:func:`parameter_age_counts`)."""
 
     scores: np.ndarray
     emitted: list[Event] = field(default_factory=list)
@@ -56,6 +77,7 @@ class Outputs:
     requests: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    parameter_age: np.ndarray | None = None
 
 
 # A runtime's way to the cloud for requests a device waits on (CoCorrRec corrections):

@@ -173,6 +173,13 @@ def test_the_bounds_request_at_every_click_or_never() -> None:
     zero = run_replay(REPLAY.model_copy(update={"request_budget": 0.0}))
     assert zero["comm"]["requests"] == 0 and zero["metrics"] == never["metrics"]
     assert always["perf"]["state_bytes_per_device"] <= 8 * 1024
+    # asking at every click, each click is served by parameters from the window just
+    # before it, but a device's first after a release (the release's generic ones)
+    evaluated = always["events"]["evaluated"]
+    age = always["parameter_age"]
+    assert sum(age.values()) == evaluated and 0 < age["generic"] < age["1"]
+    assert age["generic"] + age["1"] == evaluated
+    assert never["parameter_age"]["generic"] == evaluated
 
 
 @pytest.mark.parametrize("method", ["random", "intellectreq", "intellectreq-drift", "drift",
@@ -359,6 +366,7 @@ def test_the_kafka_runtime_runs_intellectreq_with_the_local_metrics(services) ->
         assert kafka["metrics"][name] == pytest.approx(value, abs=1e-6), name
     for name in ("requests", "bytes_up", "bytes_down", "releases", "cloud_jobs"):
         assert kafka["comm"][name] == local["comm"][name], name
+    assert kafka["parameter_age"] == local["parameter_age"]
     assert 0 < local["comm"]["requests"] < local["events"]["clicks"]
 
 
