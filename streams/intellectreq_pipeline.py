@@ -49,7 +49,6 @@ from dcrec.state.registry import ModelRegistry, ModelVersion, download
 from dcrec.streams.admission import RequestAdmission
 from dcrec.streams.event_batch import EventBatch
 from dcrec.streams.processor import (
-    PARAMETER_AGE_BINS,
     DeviceBatch,
     Outputs,
     Responder,
@@ -280,8 +279,9 @@ class ParameterRequestProcessor:
         evaluated = batch.evaluate[clicks]
         eval_index = np.cumsum(evaluated) - 1
         scores = np.zeros(batch.candidates.shape, np.float32)
-        out = Outputs(scores=scores,
-                      parameter_age=np.zeros(len(PARAMETER_AGE_BINS), np.int64))
+        out = Outputs(scores=scores)
+        # clicks since the window of the parameters each click is served with (0: generic)
+        age = np.zeros(len(rows), np.int64)
         rank = click_history.occurrence(rows)
         previous, _ = click_history.neighbours(rows)
         # Ω after every click in one call, and before it: after the device's previous
@@ -319,10 +319,7 @@ class ParameterRequestProcessor:
                 s = k[served]
                 scores[eval_index[s]] = self._score(before_state[s], params[served],
                                                     batch.candidates[eval_index[s]] + 1)
-                held = dev[served]
-                out.parameter_age += parameter_age_counts(
-                    state["clicks"][held] - state["asked_at"][held],
-                    state["has_params"][held] == 0)
+                age[s] = self._clicks_since(state, dev[served], np.zeros_like(s))
             if whole is None:
                 mine = decided.take(k)
                 exchange = self._request(state, batch.devices, mine, np.arange(len(k)), out)
@@ -331,6 +328,7 @@ class ParameterRequestProcessor:
                 self._take_answers(state, decided, whole.of(rank[whole.index] == r), out)
             state["clicks"][dev] += 1
         state["seq"], state["length"] = advanced.seq, advanced.length
+        out.parameter_age = parameter_age_counts(age[evaluated])
         out.bytes_down += download(state["version"], self.version)
         return state, out
 

@@ -48,21 +48,20 @@ class DeviceBatch:
 # How old the parameters were that served each evaluated click, for processors that
 # serve parameters the cloud generated from a click window (the EC-CDR presets): clicks
 # since that window (1: generated from the window just before the click), in these bins;
-# "generic": the release's generic parameters, held until the device asks.
+# "generic" (age 0): the release's generic parameters, held until the device asks.
 PARAMETER_AGE_BINS = ("generic", "1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", ">64")
-_AGE_EDGES = np.array([1, 2, 4, 8, 16, 32, 64])
+_AGE_EDGES = np.array([0, 1, 2, 4, 8, 16, 32, 64])
 
 
-def parameter_age_counts(ages: np.ndarray, generic: np.ndarray) -> np.ndarray:
+def parameter_age_counts(ages: np.ndarray) -> np.ndarray:
     """Counts per :data:`PARAMETER_AGE_BINS` of served clicks whose parameters are
-    ``ages`` clicks old, or ``generic``.
+    ``ages`` clicks old (0: the generic ones).
 
-    >>> parameter_age_counts(np.array([1, 1, 3, 9, 100, 5]),
-    ...                      np.array([False, False, False, False, False, True])).tolist()
+    >>> parameter_age_counts(np.array([1, 1, 3, 9, 100, 0])).tolist()
     [1, 2, 0, 1, 0, 1, 0, 0, 1]
     """
-    bins = np.where(generic, 0, 1 + np.searchsorted(_AGE_EDGES, ages, side="left"))
-    return np.bincount(bins, minlength=len(PARAMETER_AGE_BINS))
+    return np.bincount(np.searchsorted(_AGE_EDGES, ages, side="left"),
+                       minlength=len(PARAMETER_AGE_BINS))
 
 
 @dataclass
